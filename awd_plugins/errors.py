@@ -1,0 +1,39 @@
+"""User-facing errors: one clear line and a non-zero exit instead of a traceback.
+
+fairseq's command lines print a full traceback for any exception. Errors caused by
+the user's input (a missing data directory, an option out of range, a checkpoint
+that does not fit the dictionary) raise :class:`AwdUserError`; importing the plugin
+installs :func:`install_excepthook`, which prints those as
+``<program>: error: <message>`` and exits with status 2 (argparse's convention),
+leaving every other exception to Python's default hook.
+"""
+
+import os
+import sys
+
+
+class AwdUserError(ValueError):
+    """Bad input from the user (data, options, checkpoint): reported in one line."""
+
+
+def check_range(name: str, value, low, high, low_inclusive=True, high_inclusive=False):
+    """Raise :class:`AwdUserError` unless ``value`` lies in the interval."""
+    ok_low = value >= low if low_inclusive else value > low
+    ok_high = value <= high if high_inclusive else value < high
+    if not (ok_low and ok_high):
+        lb, hb = "[" if low_inclusive else "(", "]" if high_inclusive else ")"
+        raise AwdUserError(f"--{name.replace('_', '-')} must be in {lb}{low}, {high}{hb}, got {value}")
+
+
+def _hook(exc_type, exc, tb, _default=sys.excepthook):
+    if isinstance(exc, AwdUserError):
+        prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "awd_plugins"
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        sys.stderr.flush()
+        os._exit(2)  # fairseq may hold worker processes; leave at once, like argparse
+    _default(exc_type, exc, tb)
+
+
+def install_excepthook():
+    if sys.excepthook is not _hook:
+        sys.excepthook = _hook

@@ -1,0 +1,230 @@
+"""Task ``awd_language_modeling``: the AWD training and evaluation procedure in fairseq.
+
+REFERENCE §1 and §3.1, §10: the corpus is cut into B contiguous streams per rank,
+never shuffled; batches are consecutive windows of those streams and the model
+carries its (detached) state from one window to the next, from zeros at the start
+of every epoch and every evaluation. Training windows have the variable AWD length
+and the learning rate of each update is scaled by ``seq_len / bptt``; evaluation
+windows have a fixed length. ``fairseq-eval-lm`` evaluates in corpus order with
+carried state and, with ``--pointer-window``, the continuous cache pointer.
+
+The hooks used are those FAIRSEQ_NOTES §2, §3 and §5 found to work on fairseq
+0.12.3.1: ``get_batch_iterator`` (an ``EpochBatchIterator`` with a per-epoch
+callable batch sampler and shuffling disabled), ``optimizer_step`` (lr rescale),
+``begin_epoch`` / ``begin_valid_epoch`` / ``train_step`` (state reset and the
+NT-ASGD averaged-weight swap) and ``eval_lm_dataloader``.
+"""
+
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import torch
+from fairseq import metrics, utils
+from fairseq.data import Dictionary, data_utils, iterators
+from fairseq.dataclass import FairseqDataclass
+from fairseq.distributed import utils as distributed_utils
+from fairseq.tasks import FairseqTask, register_task
+from omegaconf import II
+
+from awd_plugins.data.stream_dataset import (
+    StreamDataset,
+    TokenStream,
+    batchify,
+    evaluation_windows,
+    load_token_stream,
+    training_windows,
+    window_columns,
+)
+from awd_plugins.errors import AwdUserError
+from awd_plugins.optim import nt_asgd
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class AwdLanguageModelingConfig(FairseqDataclass):
+    data: Optional[str] = field(default=None, metadata={"help": "path to a data-bin made by fairseq-preprocess --only-source"})
+    bptt: int = field(
+        default=70,
+        metadata={"help": "BPTT length: mean training window (variable, see --fixed-bptt) and evaluation window"},
+    )
+    fixed_bptt: bool = field(
+        default=False, metadata={"help": "train on fixed --bptt windows (PyTorch word LM, SRU++) instead of AWD's variable length"}
+    )
+    bptt_cap: Optional[int] = field(
+        default=None,
+        metadata={"help": "cap on a sampled training window (finetune.py: bptt+10; SHA-RNN: bptt); default no cap"},
+    )
+    no_lr_rescale: bool = field(
+        default=False, metadata={"help": "do not scale the learning rate by seq_len/bptt per update (SHA-RNN)"}
+    )
+    eval_batch_size: int = field(
+        default=10,
+        metadata={
+            "help": "streams for validation during training (the reference's eval_batch_size); "
+            "fairseq-eval-lm uses --batch-size, default 1 as the reference's test"
+        },
+    )
+    pointer_window: int = field(
+        default=0, metadata={"help": "continuous cache pointer: number of cached positions (0 = off; PTB 500, WT2 3785)"}
+    )
+    pointer_theta: float = field(default=1.0, metadata={"help": "pointer inverse temperature θ on raw dot products (PTB 1.0, WT2 0.662)"})
+    pointer_lambda: float = field(default=0.1, metadata={"help": "pointer mixing weight λ (PTB 0.1, WT2 0.1279)"})
+    tokens_per_sample: int = field(
+        default=1024, metadata={"help": "unused: accepted so that fairseq-eval-lm's --context-window parses (state is carried instead)"}
+    )
+    seed: int = II("common.seed")
+    train_subset: str = II("dataset.train_subset")
+
+
+@register_task("awd_language_modeling", dataclass=AwdLanguageModelingConfig)
+class AwdLanguageModelingTask(FairseqTask):
+    def __init__(self, cfg: AwdLanguageModelingConfig, dictionary: Dictionary):
+        super().__init__(cfg)
+        self.dictionary = dictionary
+        self._iterators = {}
+        self._sampled_len = {}
+        self._optimizer = None
+        self._seq_len = None
+
+    @classmethod
+    def setup_task(cls, cfg: AwdLanguageModelingConfig, **kwargs):
+        if not cfg.data:
+            raise AwdUserError("no data directory given (the first positional argument)")
+        data = utils.split_paths(cfg.data)[0]
+        dict_path = os.path.join(data, "dict.txt")
+        if not os.path.isdir(data):
+            raise AwdUserError(f"data directory not found: {data}")
+        if not os.path.isfile(dict_path):
+            raise AwdUserError(f"{dict_path} not found: binarize the corpus with fairseq-preprocess --only-source first")
+        if cfg.bptt < 1:
+            raise AwdUserError(f"--bptt must be positive, got {cfg.bptt}")
+        dictionary = Dictionary.load(dict_path)
+        logger.info(f"dictionary: {len(dictionary)} types")
+        return cls(cfg, dictionary)
+
+    @property
+    def source_dictionary(self):
+        return self.dictionary
+
+    @property
+    def target_dictionary(self):
+        return self.dictionary
+
+    def max_positions(self):
+        return None
+
+    # -- data ----------------------------------------------------------------------------
+    def load_dataset(self, split: str, epoch: int = 1, combine: bool = False, **kwargs):
+        path = os.path.join(utils.split_paths(self.cfg.data)[0], split)
+        indexed = data_utils.load_indexed_dataset(path, self.dictionary, None)
+        if indexed is None:
+            raise AwdUserError(f"split {split!r} not found in {self.cfg.data} (expected {path}.bin/.idx)")
+        stream = load_token_stream(indexed, self.dictionary.eos())
+        self.datasets[split] = TokenStream(stream, split)
+        logger.info(f"{split}: {stream.numel() - 1:,} tokens")
+
+    def get_batch_iterator(self, dataset, max_tokens=None, max_sentences=None, seed=1, num_workers=0, epoch=1, **kwargs):
+        if not isinstance(dataset, TokenStream):
+            raise AwdUserError("awd_language_modeling batches only its own token streams")
+        training = dataset.split == self.cfg.train_subset
+        if training:
+            if not max_sentences:
+                raise AwdUserError("give the number of streams per rank with --batch-size (--max-tokens is not used)")
+            bsz = max_sentences
+        else:
+            bsz = self.cfg.eval_batch_size
+        return self._stream_iterator(dataset, bsz, training, num_workers, epoch, key=dataset.split)
+
+    def _stream_iterator(self, dataset, bsz, training, num_workers=0, epoch=1, key="eval"):
+        cache_key = (dataset.split, bsz, training, key)
+        if cache_key in self._iterators:
+            return self._iterators[cache_key]
+        world, rank = 1, 0
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            world = distributed_utils.get_data_parallel_world_size()
+            rank = distributed_utils.get_data_parallel_rank()
+        try:
+            streams = StreamDataset(batchify(dataset.stream, bsz, rank, world), carry_key=key)
+        except ValueError as e:
+            raise AwdUserError(f"{dataset.split}: {e}")
+        if training:
+            sampler = self._training_sampler
+        else:
+            sampler = evaluation_windows(streams.length, self.cfg.bptt)
+        itr = iterators.EpochBatchIterator(
+            dataset=streams, collate_fn=streams.collater, batch_sampler=sampler, seed=self.cfg.seed,
+            num_shards=1, shard_id=0, num_workers=num_workers, epoch=epoch, disable_shuffling=True,
+        )
+        self._iterators[cache_key] = itr
+        return itr
+
+    def _training_sampler(self, streams: StreamDataset, epoch: int):
+        # Epoch 1 draws exactly what the reference draws after np.random.seed(seed);
+        # later epochs get their own generator, so a resumed run sees the same windows.
+        rng = np.random.RandomState(self.cfg.seed if epoch == 1 else [self.cfg.seed, epoch])
+        starts = training_windows(streams.length, self.cfg.bptt, rng, not self.cfg.fixed_bptt, self.cfg.bptt_cap)
+        self._sampled_len = dict(starts)
+        return [window_columns(start, seq_len, streams.length) for start, seq_len in starts]
+
+    def eval_lm_dataloader(self, dataset, max_tokens=None, batch_size=None, max_positions=None, num_shards=1,
+                           shard_id=0, num_workers=1, data_buffer_size=10, context_window=0):
+        if context_window > 0:
+            logger.warning("--context-window is ignored: awd_language_modeling carries the recurrent state instead")
+        bsz = batch_size or 1
+        logger.info(f"evaluating {dataset.split} in corpus order: {bsz} stream(s), windows of {self.cfg.bptt}")
+        itr = self._stream_iterator(dataset, bsz, training=False, num_workers=num_workers, key="eval")
+        return itr.next_epoch_itr(shuffle=False)
+
+    # -- model ---------------------------------------------------------------------------
+    def build_model(self, cfg, from_checkpoint=False):
+        model = super().build_model(cfg, from_checkpoint)
+        if self.cfg.pointer_window > 0:
+            if not hasattr(model, "set_pointer"):
+                raise AwdUserError(
+                    f"--pointer-window needs a model that exposes its last-layer output; {type(model).__name__} does not"
+                )
+            try:
+                model.set_pointer(self.cfg.pointer_window, self.cfg.pointer_theta, self.cfg.pointer_lambda)
+            except ValueError as e:
+                raise AwdUserError(str(e))
+            logger.info(
+                f"cache pointer: window {self.cfg.pointer_window}, theta {self.cfg.pointer_theta}, "
+                f"lambda {self.cfg.pointer_lambda}"
+            )
+        return model
+
+    # -- training hooks ------------------------------------------------------------------
+    def begin_epoch(self, epoch, model):
+        model.reset_carried_state(self.cfg.train_subset)
+
+    def begin_valid_epoch(self, epoch, model):
+        model.reset_carried_state(keep=self.cfg.train_subset)
+        if self._optimizer is not None and nt_asgd.swap_in_average(self._optimizer):
+            logger.info("NT-ASGD: validating (and saving) the averaged weights")
+
+    def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
+        self._optimizer = optimizer
+        nt_asgd.swap_out_average(optimizer)
+        if sample and "net_input" in sample:
+            self._seq_len = self._sampled_len.get(int(sample["net_input"]["carry_pos"]), sample["target"].size(1))
+        return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
+
+    def optimizer_step(self, optimizer, model, update_num):
+        if self.cfg.no_lr_rescale or self._seq_len is None:
+            optimizer.step()
+            return
+        lr = optimizer.get_lr()
+        optimizer.set_lr(lr * self._seq_len / self.cfg.bptt)
+        metrics.log_scalar("lr_step", optimizer.get_lr(), weight=1, priority=310, round=4)
+        optimizer.step()
+        optimizer.set_lr(lr)
+
+    def reduce_metrics(self, logging_outputs, criterion):
+        super().reduce_metrics(logging_outputs, criterion)
+        inner = nt_asgd.unwrap(self._optimizer)
+        if inner is not None and inner.switch_epoch is not None:
+            metrics.log_scalar("asgd_switch_epoch", inner.switch_epoch, weight=0, priority=900)

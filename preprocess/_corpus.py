@@ -1,0 +1,159 @@
+"""Shared machinery of the corpus preparation scripts: obtain train/valid/test
+text (download or ``--from DIR``), check it, and binarize it with
+``fairseq-preprocess --only-source``.
+
+fairseq-preprocess appends ``</s>`` to every line, which plays the role of the
+reference's ``<eos>``; a word ``<unk>`` in the text is fairseq's own unknown
+symbol, so corpora that already contain ``<unk>`` (PTB, WikiText) get no extra
+unknowns. The task adds one leading ``</s>`` to each split's stream, so a batch-1
+evaluation scores exactly as many targets as the reference counts tokens (PTB
+test: 82,430).
+"""
+
+import argparse
+import gzip
+import hashlib
+import io
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import urllib.request
+import zipfile
+from typing import Dict, List, Optional
+
+SPLITS = ("train", "valid", "test")
+
+
+def fail(message: str):
+    print(f"{os.path.basename(sys.argv[0])}: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def read_text_from_dir(directory: str, split: str, names: Dict[str, List[str]]) -> bytes:
+    """``split`` from ``directory``: ``{split}.txt``, ``.txt.gz`` or one of the corpus's own names."""
+    candidates = [f"{split}.txt", f"{split}.txt.gz"] + names.get(split, [])
+    for name in candidates:
+        for path in (os.path.join(directory, name), os.path.join(directory, name + ".gz")):
+            if os.path.isfile(path):
+                with open(path, "rb") as f:
+                    data = f.read()
+                return gzip.decompress(data) if path.endswith(".gz") else data
+    fail(f"no {split} split in {directory} (looked for {', '.join(candidates)}, optionally .gz)")
+
+
+def download(url: str) -> bytes:
+    print(f"downloading {url}", file=sys.stderr)
+    with urllib.request.urlopen(url, timeout=120) as response:
+        return response.read()
+
+
+def member_of_archive(archive: bytes, member_suffix: str) -> bytes:
+    """A file from a .zip or .tar.gz archive, found by the end of its path."""
+    if archive[:2] == b"PK":
+        with zipfile.ZipFile(io.BytesIO(archive)) as z:
+            for name in z.namelist():
+                if name.endswith(member_suffix):
+                    return z.read(name)
+    else:
+        with tarfile.open(fileobj=io.BytesIO(archive), mode="r:*") as t:
+            for m in t.getmembers():
+                if m.name.endswith(member_suffix):
+                    return t.extractfile(m).read()
+    fail(f"archive has no member ending in {member_suffix}")
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def count_tokens(text: bytes) -> int:
+    """Tokens the reference counts: whitespace-separated words plus one <eos> per line."""
+    lines = text.decode("utf-8").split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return sum(len(line.split()) + 1 for line in lines)
+
+
+def binarize(raw_dir: str, dest: str, workers: int = 1, extra: Optional[List[str]] = None):
+    exe = shutil.which("fairseq-preprocess")
+    cmd = [exe] if exe else [sys.executable, "-m", "fairseq_cli.preprocess"]
+    cmd += [
+        "--only-source",
+        "--trainpref", os.path.join(raw_dir, "train.txt"),
+        "--validpref", os.path.join(raw_dir, "valid.txt"),
+        "--testpref", os.path.join(raw_dir, "test.txt"),
+        "--destdir", dest,
+        "--workers", str(workers),
+    ] + (extra or [])
+    print("+ " + " ".join(cmd[1 if exe else 2:]), file=sys.stderr)
+    subprocess.run(cmd, check=True)
+
+
+def main(corpus: str, urls: Dict[str, str], archive_members: Dict[str, str], names: Dict[str, List[str]],
+         sha256s: Dict[str, str]):
+    parser = argparse.ArgumentParser(
+        description=f"Prepare {corpus} for awd-plugins: text → fairseq-preprocess --only-source → data-bin."
+    )
+    parser.add_argument("--from", dest="source", metavar="DIR",
+                        help="take train/valid/test(.txt[.gz]) from DIR instead of downloading")
+    parser.add_argument("--out", required=True, help="data-bin directory to write (dict.txt, {train,valid,test}.bin/.idx)")
+    parser.add_argument("--raw", help="also keep the plain text files here (default: a temporary directory)")
+    parser.add_argument("--workers", type=int, default=1, help="fairseq-preprocess worker processes")
+    parser.add_argument("--no-verify", action="store_true", help="skip the sha256 check of the standard files")
+    parser.add_argument("--force", action="store_true", help="overwrite an existing --out directory")
+    args = parser.parse_args()
+
+    if os.path.exists(os.path.join(args.out, "dict.txt")) and not args.force:
+        fail(f"{args.out} already holds a data-bin; give --force to overwrite it")
+    if args.source and not os.path.isdir(args.source):
+        fail(f"--from directory not found: {args.source}")
+
+    texts = {}
+    archive = None
+    for split in SPLITS:
+        if args.source:
+            texts[split] = read_text_from_dir(args.source, split, names)
+        elif split in urls:
+            texts[split] = download(urls[split])
+        else:
+            archive = archive if archive is not None else download(urls["archive"])
+            texts[split] = member_of_archive(archive, archive_members[split])
+        if not texts[split].strip():
+            fail(f"the {split} split is empty")
+        try:
+            texts[split].decode("utf-8")
+        except UnicodeDecodeError as e:
+            fail(f"the {split} split is not UTF-8 text ({e})")
+        if not args.no_verify and split in sha256s and sha256(texts[split]) != sha256s[split]:
+            message = f"{split}: sha256 differs from the standard {corpus} file, so perplexities are not comparable"
+            if args.source:
+                print(f"warning: {message}", file=sys.stderr)
+            else:
+                fail(message)
+
+    tmp = None
+    raw_dir = args.raw
+    if raw_dir is None:
+        tmp = tempfile.mkdtemp(prefix=f"{corpus}-raw-")
+        raw_dir = tmp
+    os.makedirs(raw_dir, exist_ok=True)
+    for split, text in texts.items():
+        with open(os.path.join(raw_dir, f"{split}.txt"), "wb") as f:
+            f.write(text)
+    if args.force and os.path.isdir(args.out):
+        shutil.rmtree(args.out)
+    try:
+        binarize(raw_dir, args.out, args.workers)
+    finally:
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    with open(os.path.join(args.out, "dict.txt"), encoding="utf-8") as f:
+        nwords = sum(1 for _ in f)
+    print(f"{corpus}: dictionary {nwords + 4:,} symbols (4 fairseq specials, padded to a multiple of 8)")
+    for split in SPLITS:
+        print(f"{corpus} {split}: {count_tokens(texts[split]):,} tokens incl. one </s> per line "
+              f"(= targets of a batch-1 evaluation)")

@@ -1,0 +1,24 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="awd-plugins",
+    version="0.1.0",
+    description="AWD-LSTM, AWD-QRNN, SHA-RNN, SRU/SRU++ and classic RNN language models as a fairseq plugin",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["awd_plugins", "awd_plugins.*"]),
+    python_requires=">=3.8",
+    install_requires=[
+        # a range, never a pin: an installed torch (2.13.0 CPU here) must satisfy it
+        "torch>=2.1",
+        "fairseq-fixed==0.12.3.1; python_version >= '3.11'",
+        "fairseq==0.12.2; python_version < '3.11'",
+        "numpy",
+        "sentencepiece",
+        "sacremoses",
+        "tensorboardX",
+        "matplotlib",
+    ],
+    extras_require={"test": ["pytest"]},
+    entry_points={"console_scripts": []},
+)
