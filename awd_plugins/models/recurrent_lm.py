@@ -119,7 +119,8 @@ class RecurrentDecoder(FairseqIncrementalDecoder):
                 int(carry_pos), tokens.size(1), tokens.size(0), map_state(detach, state), map_state(detach, new_state)
             )
         features = dropped.transpose(0, 1)
-        extra = {"raw_out": raw.transpose(0, 1), "dropped_out": features}
+        # "attn" is read by fairseq's SequenceGenerator; recurrent decoders have none
+        extra = {"raw_out": raw.transpose(0, 1), "dropped_out": features, "attn": None}
         if features_only:
             return features, extra
         return self.output_layer(features), extra

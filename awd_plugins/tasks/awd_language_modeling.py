@@ -23,7 +23,19 @@ from typing import Optional
 import numpy as np
 import torch
 from fairseq import metrics, utils
-from fairseq.data import Dictionary, data_utils, iterators
+from fairseq.data import (
+    AppendTokenDataset,
+    Dictionary,
+    IdDataset,
+    ListDataset,
+    NestedDictionaryDataset,
+    NumelDataset,
+    PadDataset,
+    PrependTokenDataset,
+    StripTokenDataset,
+    data_utils,
+    iterators,
+)
 from fairseq.dataclass import FairseqDataclass
 from fairseq.distributed import utils as distributed_utils
 from fairseq.tasks import FairseqTask, register_task
@@ -128,8 +140,11 @@ class AwdLanguageModelingTask(FairseqTask):
         logger.info(f"{split}: {stream.numel() - 1:,} tokens")
 
     def get_batch_iterator(self, dataset, max_tokens=None, max_sentences=None, seed=1, num_workers=0, epoch=1, **kwargs):
-        if not isinstance(dataset, TokenStream):
-            raise AwdUserError("awd_language_modeling batches only its own token streams")
+        if not isinstance(dataset, TokenStream):  # prompts for sampling: fairseq's own batching
+            return super().get_batch_iterator(
+                dataset, max_tokens=max_tokens, max_sentences=max_sentences, seed=seed,
+                num_workers=num_workers, epoch=epoch, **kwargs,
+            )
         training = dataset.split == self.cfg.train_subset
         if training:
             if not max_sentences:
@@ -178,6 +193,34 @@ class AwdLanguageModelingTask(FairseqTask):
         logger.info(f"evaluating {dataset.split} in corpus order: {bsz} stream(s), windows of {self.cfg.bptt}")
         itr = self._stream_iterator(dataset, bsz, training=False, num_workers=num_workers, key="eval")
         return itr.next_epoch_itr(shuffle=False)
+
+    # -- sampling (fairseq-interactive, hub .sample()) ------------------------------------
+    def build_dataset_for_inference(self, src_tokens, src_lengths, **kwargs):
+        """Prompts as fairseq's language_modeling lays them out: ``</s>`` + prompt, no final ``</s>``."""
+        eos, pad = self.dictionary.eos(), self.dictionary.pad()
+        prompts = StripTokenDataset(ListDataset(src_tokens, np.array(src_lengths)), eos)
+        source = PrependTokenDataset(prompts, eos)
+        return NestedDictionaryDataset(
+            {
+                "id": IdDataset(),
+                "net_input": {
+                    "src_tokens": PadDataset(source, pad_idx=pad, left_pad=False),
+                    "src_lengths": NumelDataset(source, reduce=False),
+                },
+                "target": PadDataset(AppendTokenDataset(prompts, pad), pad_idx=pad, left_pad=False),
+            },
+            sizes=[np.array(src_lengths)],
+        )
+
+    def inference_step(self, generator, models, sample, prefix_tokens=None, constraints=None):
+        """Generation starts from ``</s>`` (the stream's line separator) and is forced through the prompt."""
+        eos = self.dictionary.eos()
+        with torch.no_grad():
+            if prefix_tokens is None and sample["net_input"]["src_tokens"].nelement():
+                prefix_tokens = sample["net_input"]["src_tokens"]
+                if prefix_tokens[:, 0].eq(eos).all():
+                    prefix_tokens = prefix_tokens[:, 1:]
+            return generator.generate(models, sample, prefix_tokens=prefix_tokens, bos_token=eos)
 
     # -- model ---------------------------------------------------------------------------
     def build_model(self, cfg, from_checkpoint=False):
