@@ -68,5 +68,6 @@ class ContinuousCachePointer:
         attn = attn.masked_fill(~allowed, 0.0)
         p_ptr = log_probs.new_zeros(bsz, tlen, vocab)
         p_ptr.scatter_add_(2, values.unsqueeze(1).expand(bsz, tlen, -1), attn)
-        mixed = torch.logaddexp(log_probs + math.log1p(-self.lambdasm), p_ptr.log() + math.log(self.lambdasm))
+        keep = math.log1p(-self.lambdasm) if self.lambdasm < 1.0 else float("-inf")
+        mixed = torch.logaddexp(log_probs + keep, p_ptr.log() + math.log(self.lambdasm))
         return torch.where(use.view(1, -1, 1), mixed, log_probs)

@@ -19,6 +19,11 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    # softmaxes are summed in fp32 under --fp16 (REFERENCE §4.1); double stays double
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 def published_splits(vocab_size: int) -> List[int]:
     """The split points awd-lstm-lm and sha-rnn pick from the vocabulary size (REFERENCE §4.1)."""
     if vocab_size > 500_000:
@@ -62,17 +67,17 @@ class SplitSoftmax(nn.Module):
         logits = torch.cat(
             [F.linear(hidden, weight[:s1], bias[:s1]), F.linear(hidden, self.tail_vectors, self.tail_bias)], dim=-1
         )
-        return F.log_softmax(logits.float(), dim=-1)
+        return F.log_softmax(_at_least_fp32(logits), dim=-1)
 
     def log_prob(self, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         """Full log-distribution over the vocabulary, ``hidden`` is (..., E) → (..., V) in fp32."""
         if self.nclusters == 1:
-            return F.log_softmax(F.linear(hidden, weight, bias).float(), dim=-1)
+            return F.log_softmax(_at_least_fp32(F.linear(hidden, weight, bias)), dim=-1)
         head = self._head_log_probs(hidden, weight, bias)
         bounds = self._bounds(weight.size(0))
         parts = [head[..., : self.splits[0]]]
         for k, (lo, hi) in enumerate(bounds[1:], start=1):
-            tail = F.log_softmax(F.linear(hidden, weight[lo:hi], bias[lo:hi]).float(), dim=-1)
+            tail = F.log_softmax(_at_least_fp32(F.linear(hidden, weight[lo:hi], bias[lo:hi])), dim=-1)
             parts.append(head[..., -k : head.size(-1) - k + 1] + tail)
         return torch.cat(parts, dim=-1)
 
@@ -83,7 +88,7 @@ class SplitSoftmax(nn.Module):
         which is where the split saves time on large vocabularies.
         """
         if self.nclusters == 1:
-            return F.cross_entropy(F.linear(hidden, weight, bias).float(), targets, reduction="none")
+            return F.cross_entropy(_at_least_fp32(F.linear(hidden, weight, bias)), targets, reduction="none")
         head = self._head_log_probs(hidden, weight, bias)
         bounds = self._bounds(weight.size(0))
         cluster = torch.zeros_like(targets)
@@ -95,7 +100,7 @@ class SplitSoftmax(nn.Module):
             rows = (cluster == k).nonzero(as_tuple=True)[0]
             if rows.numel() == 0:
                 continue
-            tail = F.log_softmax(F.linear(hidden[rows], weight[lo:hi], bias[lo:hi]).float(), dim=-1)
+            tail = F.log_softmax(_at_least_fp32(F.linear(hidden[rows], weight[lo:hi], bias[lo:hi])), dim=-1)
             tail_lp = tail.gather(1, (targets[rows] - lo).unsqueeze(1)).squeeze(1)
             logp = logp.index_put((rows,), head[rows, head.size(1) - k] + tail_lp)
         return -logp

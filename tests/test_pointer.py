@@ -1,0 +1,100 @@
+"""Continuous cache pointer (REFERENCE §5) against pointer.py's golden numbers and a naive loop."""
+
+import math
+
+import pytest
+import torch
+
+from awd_plugins.modules import ContinuousCachePointer
+
+
+def run_chunks(pointer, log_probs, hidden, targets, bptt):
+    """Feed (B, N, ·) tensors in chunks of ``bptt`` as evaluation does; returns −log p(target) (B, N)."""
+    losses = []
+    for i in range(0, targets.size(1), bptt):
+        sl = slice(i, i + bptt)
+        mixed = pointer(log_probs[:, sl], hidden[:, sl], targets[:, sl])
+        losses.append(-mixed.gather(2, targets[:, sl].unsqueeze(2)).squeeze(2))
+    return torch.cat(losses, dim=1)
+
+
+def naive_pointer(probs, hidden, targets, window, theta, lam, bptt):
+    """Per-token transcription of the formula and pointer.py's bookkeeping, one stream."""
+    hist_h, hist_y, out = [], [], []
+    for c0 in range(0, len(targets), bptt):
+        start = len(hist_h)
+        hist_h += list(hidden[c0 : c0 + bptt])
+        hist_y += list(targets[c0 : c0 + bptt])
+        for idx in range(len(targets[c0 : c0 + bptt])):
+            t = c0 + idx
+            g = start + idx
+            p = probs[t].clone()
+            if g > window:
+                keys = torch.stack(hist_h[g - window : g])
+                a = torch.softmax(theta * keys @ hidden[t], 0)
+                ptr = torch.zeros_like(p)
+                for ai, yi in zip(a, hist_y[g - window : g]):
+                    ptr[yi] += ai
+                p = lam * ptr + (1 - lam) * p
+            out.append(-math.log(p[targets[t]].item()))
+        hist_h, hist_y = hist_h[-window:], hist_y[-window:]
+    return torch.tensor(out)
+
+
+def test_golden_exact_rule(golden):
+    g = golden("pointer.pt")
+    cfg = g["config"]
+    ptr = ContinuousCachePointer(cfg["window"], cfg["theta"], cfg["lambdasm"])
+    loss = run_chunks(ptr, g["probs"].log()[None], g["hiddens"][None], g["targets"][None], cfg["bptt"])[0]
+    assert torch.allclose(loss, g["per_position_loss"], atol=1e-5)
+    total = loss.double().sum().item()
+    assert abs(total / g["divisor"] - g["loss"]) <= 1e-6 * g["loss"]
+    used = (loss - (-g["probs"].log().gather(1, g["targets"][:, None]).squeeze(1))).abs() > 0
+    assert torch.equal(used, g["used_cache"])
+
+
+def test_lambda_zero_is_the_plain_model_exactly(golden):
+    g = golden("pointer.pt")
+    ptr = ContinuousCachePointer(g["config"]["window"], g["config"]["theta"], 0.0)
+    lp = g["probs"].log()[None]
+    loss = run_chunks(ptr, lp, g["hiddens"][None], g["targets"][None], g["config"]["bptt"])[0]
+    assert torch.equal(loss, -lp[0].gather(1, g["targets"][:, None]).squeeze(1))
+
+
+@pytest.mark.parametrize("bsz", [1, 3])
+def test_matches_naive_per_token_loop(bsz):
+    torch.manual_seed(0)
+    N, V, H, window, bptt = 57, 11, 5, 9, 7
+    probs = torch.softmax(torch.randn(bsz, N, V), -1)
+    hidden = torch.randn(bsz, N, H)
+    targets = torch.randint(0, V, (bsz, N))
+    ptr = ContinuousCachePointer(window, 0.7, 0.3)
+    ours = run_chunks(ptr, probs.log(), hidden, targets, bptt)
+    for b in range(bsz):
+        ref = naive_pointer(probs[b], hidden[b], targets[b], window, 0.7, 0.3, bptt)
+        assert torch.allclose(ours[b], ref.float(), atol=1e-5)
+
+
+def test_mixture_is_a_distribution_and_theta_zero_counts():
+    torch.manual_seed(1)
+    V, window = 6, 4
+    lp = torch.log_softmax(torch.randn(1, 12, V), -1)
+    targets = torch.tensor([[0, 0, 1, 0, 2, 3, 0, 1, 1, 5, 4, 0]])
+    ptr = ContinuousCachePointer(window, 0.0, 1.0)  # λ = 1: pure cache
+    mixed = ptr(lp, torch.randn(1, 12, 3), targets)
+    assert torch.allclose(mixed.exp().sum(-1), torch.ones(1, 12), atol=1e-5)
+    # position 7 (g = 7 > window) reads targets of positions 3..6: [0, 2, 3, 0]
+    assert torch.allclose(mixed[0, 7].exp(), torch.tensor([0.5, 0, 0.25, 0.25, 0, 0]), atol=1e-6)
+    assert torch.equal(mixed[0, :5], lp[0, :5])  # g ≤ window: plain model
+
+
+def test_repeated_tokens_lower_the_loss():
+    torch.manual_seed(2)
+    V, H = 50, 8
+    pattern = torch.randint(0, V, (20,))
+    targets = pattern.repeat(6)[None]
+    emb = torch.randn(V, H)
+    hidden = emb[targets]  # states that identify the current token
+    lp = torch.full((1, targets.size(1), V), -math.log(V))  # a uniform model
+    loss = run_chunks(ContinuousCachePointer(40, 1.0, 0.5), lp, hidden, targets, 10)
+    assert loss[0, 41:].mean() < math.log(V) - 0.5
