@@ -20,5 +20,12 @@ setup(
         "matplotlib",
     ],
     extras_require={"test": ["pytest"]},
-    entry_points={"console_scripts": []},
+    entry_points={
+        "console_scripts": [
+            "awd-help=awd_plugins.help:cli_main",
+            "awd-plot=awd_plugins.plot_curves:cli_main",
+            "awd-detokenize=awd_plugins.detokenize:cli_main",
+            "awd-pointer-search=awd_plugins.pointer_search:cli_main",
+        ]
+    },
 )

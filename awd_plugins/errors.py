@@ -25,13 +25,25 @@ def check_range(name: str, value, low, high, low_inclusive=True, high_inclusive=
         raise AwdUserError(f"--{name.replace('_', '-')} must be in {lb}{low}, {high}{hb}, got {value}")
 
 
-def _hook(exc_type, exc, tb, _default=sys.excepthook):
-    if isinstance(exc, AwdUserError):
+def user_error_in_chain(exc):
+    """The :class:`AwdUserError` that caused ``exc`` (fairseq re-raises some errors as plain ones)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, AwdUserError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _hook(exc_type, exc_value, tb, _default=sys.excepthook):
+    exc = user_error_in_chain(exc_value)
+    if exc is not None:
         prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "awd_plugins"
         print(f"{prog}: error: {exc}", file=sys.stderr)
         sys.stderr.flush()
         os._exit(2)  # fairseq may hold worker processes; leave at once, like argparse
-    _default(exc_type, exc, tb)
+    _default(exc_type, exc_value, tb)
 
 
 def install_excepthook():

@@ -102,6 +102,8 @@ def main(corpus: str, urls: Dict[str, str], archive_members: Dict[str, str], nam
     parser.add_argument("--out", required=True, help="data-bin directory to write (dict.txt, {train,valid,test}.bin/.idx)")
     parser.add_argument("--raw", help="also keep the plain text files here (default: a temporary directory)")
     parser.add_argument("--workers", type=int, default=1, help="fairseq-preprocess worker processes")
+    parser.add_argument("--vocab-size", type=int, metavar="N",
+                        help="keep the N most frequent words; the others become <unk> (as prepare_text.py)")
     parser.add_argument("--no-verify", action="store_true", help="skip the sha256 check of the standard files")
     parser.add_argument("--force", action="store_true", help="overwrite an existing --out directory")
     args = parser.parse_args()
@@ -146,7 +148,7 @@ def main(corpus: str, urls: Dict[str, str], archive_members: Dict[str, str], nam
     if args.force and os.path.isdir(args.out):
         shutil.rmtree(args.out)
     try:
-        binarize(raw_dir, args.out, args.workers)
+        binarize(raw_dir, args.out, args.workers, ["--nwordssrc", str(args.vocab_size + 4)] if args.vocab_size else None)
     finally:
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)

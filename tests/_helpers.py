@@ -1,4 +1,8 @@
-"""Small builders shared by tests (not fixtures)."""
+"""Small builders and reference loops shared by tests (not fixtures)."""
+
+import math
+
+import torch
 
 from fairseq.data import Dictionary
 from omegaconf import OmegaConf
@@ -19,3 +23,44 @@ def model_cfg(dataclass, **overrides):
     for k, v in overrides.items():
         setattr(cfg, k, v)
     return cfg
+
+
+def naive_pointer(probs, hidden, targets, window, theta, lam, bptt):
+    """Per-token transcription of the formula and pointer.py's bookkeeping, one stream."""
+    hist_h, hist_y, out = [], [], []
+    for c0 in range(0, len(targets), bptt):
+        start = len(hist_h)
+        hist_h += list(hidden[c0 : c0 + bptt])
+        hist_y += list(targets[c0 : c0 + bptt])
+        for idx in range(len(targets[c0 : c0 + bptt])):
+            t = c0 + idx
+            g = start + idx
+            p = probs[t].clone()
+            if g > window:
+                keys = torch.stack(hist_h[g - window : g])
+                a = torch.softmax(theta * keys @ hidden[t], 0)
+                ptr = torch.zeros_like(p)
+                for ai, yi in zip(a, hist_y[g - window : g]):
+                    ptr[yi] += ai
+                p = lam * ptr + (1 - lam) * p
+            out.append(-math.log(p[targets[t]].item()))
+        hist_h, hist_y = hist_h[-window:], hist_y[-window:]
+    return torch.tensor(out)
+
+
+@torch.no_grad()
+def per_token_loop(model, stream):
+    """A straight batch-1 loop: one token at a time, state carried, no batching or windows.
+
+    Returns −log p(target) per position, the last-layer outputs and the vocabulary distributions.
+    """
+    dec = model.decoder
+    state = dec.init_state(1, dec.embed_tokens.weight)
+    nll, hidden, probs = [], [], []
+    for t in range(stream.numel() - 1):
+        raw, dropped, state = dec.run(stream[t : t + 1].view(1, 1), state)
+        lp = torch.log_softmax(dec.output_layer(dropped.transpose(0, 1)).float(), -1)[0, 0]
+        nll.append(-lp[stream[t + 1]])
+        hidden.append(raw[0, 0])
+        probs.append(lp.exp())
+    return torch.stack(nll), torch.stack(hidden), torch.stack(probs)

@@ -5,7 +5,7 @@ import torch
 from omegaconf import OmegaConf
 
 from awd_plugins.errors import AwdUserError
-from awd_plugins.optim.nt_asgd import NtAsgd, NtAsgdConfig, NtAsgdTrigger, NtAsgdTriggerConfig, should_trigger
+from awd_plugins.optim.nt_asgd import NtAsgd, NtAsgdConfig, NtAsgdScheduler, NtAsgdSchedulerConfig, should_trigger
 
 
 def test_trigger_rule_from_reference():
@@ -19,7 +19,8 @@ def test_trigger_rule_from_reference():
 def _optimizer(params, **kw):
     cfg = OmegaConf.structured(NtAsgdConfig(lr=[0.1], **kw))
     opt = NtAsgd(cfg, params)
-    NtAsgdTrigger(OmegaConf.structured(NtAsgdTriggerConfig(lr=[0.1])), opt)
+    opt.trigger_attached = True  # what the task does
+    NtAsgdScheduler(OmegaConf.structured(NtAsgdSchedulerConfig(lr=[0.1])), opt)
     return opt
 
 
@@ -74,15 +75,22 @@ def test_switch_uses_original_lr_and_resume_restores_raw_iterate():
 def test_finetune_mode_averages_from_start_and_trigger_stops():
     p = torch.nn.Parameter(torch.tensor([1.0]))
     opt = _optimizer([p], nonmono=1, asgd_from_start=True)
-    sched = NtAsgdTrigger(OmegaConf.structured(NtAsgdTriggerConfig(lr=[0.1])), opt)
+    sched = NtAsgdScheduler(OmegaConf.structured(NtAsgdSchedulerConfig(lr=[0.1])), opt)
     assert opt.mode == "asgd"
-    assert sched.step(1, 2.0) == 0.1 and sched.step(2, 1.5) == 0.1
-    assert sched.step(3, 2.5) == 0.0  # 2.5 > min([2.0]): finetuning ends
+    for epoch, val in [(1, 2.0), (2, 1.5)]:
+        opt.observe_validation(epoch, val)
+        assert sched.step(epoch, val) == 0.1
+    opt.observe_validation(3, 2.5)  # 2.5 > min([2.0]): finetuning ends
+    assert opt.finished and sched.step(3, 2.5) == 0.0
 
 
-def test_optimizer_without_trigger_scheduler_is_a_user_error():
+def test_optimizer_outside_the_task_is_a_user_error():
     p = torch.nn.Parameter(torch.tensor([1.0]))
     opt = NtAsgd(OmegaConf.structured(NtAsgdConfig(lr=[0.1])), [p])
     p.grad = torch.ones(1)
+    with pytest.raises(AwdUserError, match="awd_language_modeling"):
+        opt.step()
+    opt = NtAsgd(OmegaConf.structured(NtAsgdConfig(lr=[0.1], asgd_from_start=True)), [p])
+    opt.trigger_attached = True
     with pytest.raises(AwdUserError, match="lr-scheduler nt_asgd"):
         opt.step()

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from awd_plugins.modules import ContinuousCachePointer
+from _helpers import naive_pointer
 
 
 def run_chunks(pointer, log_probs, hidden, targets, bptt):
@@ -16,29 +17,6 @@ def run_chunks(pointer, log_probs, hidden, targets, bptt):
         mixed = pointer(log_probs[:, sl], hidden[:, sl], targets[:, sl])
         losses.append(-mixed.gather(2, targets[:, sl].unsqueeze(2)).squeeze(2))
     return torch.cat(losses, dim=1)
-
-
-def naive_pointer(probs, hidden, targets, window, theta, lam, bptt):
-    """Per-token transcription of the formula and pointer.py's bookkeeping, one stream."""
-    hist_h, hist_y, out = [], [], []
-    for c0 in range(0, len(targets), bptt):
-        start = len(hist_h)
-        hist_h += list(hidden[c0 : c0 + bptt])
-        hist_y += list(targets[c0 : c0 + bptt])
-        for idx in range(len(targets[c0 : c0 + bptt])):
-            t = c0 + idx
-            g = start + idx
-            p = probs[t].clone()
-            if g > window:
-                keys = torch.stack(hist_h[g - window : g])
-                a = torch.softmax(theta * keys @ hidden[t], 0)
-                ptr = torch.zeros_like(p)
-                for ai, yi in zip(a, hist_y[g - window : g]):
-                    ptr[yi] += ai
-                p = lam * ptr + (1 - lam) * p
-            out.append(-math.log(p[targets[t]].item()))
-        hist_h, hist_y = hist_h[-window:], hist_y[-window:]
-    return torch.tensor(out)
 
 
 def test_golden_exact_rule(golden):

@@ -31,6 +31,7 @@ import torch
 from fairseq.models import FairseqIncrementalDecoder, FairseqLanguageModel
 from torch import nn
 
+from awd_plugins.errors import AwdUserError
 from awd_plugins.modules.cache_pointer import ContinuousCachePointer
 from awd_plugins.modules.split_softmax import SplitSoftmax
 
@@ -172,6 +173,15 @@ class RecurrentLanguageModel(FairseqLanguageModel):
             self.pointer.reset()
             self._pointer_key = None
 
+    def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
+        key = "decoder.embed_tokens.weight"
+        if key in state_dict and state_dict[key].size(0) != self.decoder.embed_tokens.weight.size(0):
+            raise AwdUserError(
+                f"the checkpoint was trained with a dictionary of {state_dict[key].size(0)} symbols but this "
+                f"data-bin's dict.txt has {self.decoder.embed_tokens.weight.size(0)}: use the data-bin the model was trained on"
+            )
+        return super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg, args=args)
+
     def get_normalized_probs(self, net_output, log_probs: bool, sample: Optional[Dict[str, Any]] = None):
         if self.pointer is None or self.training or sample is None or "carry_key" not in sample.get("net_input", {}):
             return super().get_normalized_probs(net_output, log_probs, sample)
@@ -180,6 +190,8 @@ class RecurrentLanguageModel(FairseqLanguageModel):
         if self._pointer_key is None or key[0] != self._pointer_key[0] or key[1] != self._pointer_key[1]:
             self.pointer.reset()
         self._pointer_key = (key[0], key[1] + sample["target"].size(1))
+        if net_output[0].shape[:2] != sample["target"].shape:
+            raise AwdUserError("the cache pointer needs whole windows: leave fairseq-eval-lm's --softmax-batch at its default")
         lprobs = super().get_normalized_probs(net_output, True, sample)
         mixed = self.pointer(lprobs, net_output[1]["raw_out"], sample["target"])
         return mixed if log_probs else mixed.exp()

@@ -39,12 +39,14 @@ class ContinuousCachePointer:
         self.keys: Optional[torch.Tensor] = None  # B × S × H, S ≤ window
         self.values: Optional[torch.Tensor] = None  # B × S
 
-    def __call__(self, log_probs: torch.Tensor, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Mix the cache into ``log_probs`` (B×T×V) for ``hidden`` (B×T×H) and ``targets`` (B×T).
+    def attend(self, hidden: torch.Tensor, targets: torch.Tensor):
+        """Cache attention for a chunk, and append the chunk to the cache.
 
-        Returns log p (B×T×V, fp32) and appends the chunk to the cache.
+        ``hidden`` B×T×H, ``targets`` B×T. Returns ``attn`` B×T×K (rows sum to 1 where the
+        cache is used, 0 elsewhere), the cached ``values`` B×K the attention points at, and
+        ``use`` (T,), which positions use the cache.
         """
-        bsz, tlen, vocab = log_probs.shape
+        bsz, tlen = targets.shape
         hidden = hidden.detach().float()
         if self.keys is not None and self.keys.size(0) != bsz:
             self.reset()
@@ -54,20 +56,42 @@ class ContinuousCachePointer:
         self.keys = keys[:, -self.window :]
         self.values = values[:, -self.window :]
 
-        log_probs = log_probs.float()
         g = torch.arange(start, start + tlen, device=hidden.device)
         use = g > self.window
-        if self.lambdasm == 0.0 or not bool(use.any()):
-            return log_probs
+        if not bool(use.any()):
+            return None, values, use
         c = torch.arange(keys.size(1), device=hidden.device)
         allowed = (c.unsqueeze(0) >= (g - self.window).unsqueeze(1)) & (c.unsqueeze(0) < g.unsqueeze(1))
         allowed &= use.unsqueeze(1)
-        scores = self.theta * torch.bmm(hidden, keys.transpose(1, 2))  # B × T × (S+T)
-        scores = scores.masked_fill(~allowed, float("-inf"))
-        attn = torch.softmax(scores.masked_fill(~use.view(1, -1, 1), 0.0), dim=-1)
-        attn = attn.masked_fill(~allowed, 0.0)
+        scores = self.theta * torch.bmm(hidden, keys.transpose(1, 2))  # B × T × K
+        scores = scores.masked_fill(~allowed, float("-inf")).masked_fill(~use.view(1, -1, 1), 0.0)
+        attn = torch.softmax(scores, dim=-1).masked_fill(~allowed, 0.0)
+        return attn, values, use
+
+    def target_probability(self, hidden: torch.Tensor, targets: torch.Tensor):
+        """p_ptr(target) per position (B×T) and ``use``: all a search over λ needs."""
+        attn, values, use = self.attend(hidden, targets)
+        if attn is None:
+            return hidden.new_zeros(targets.shape, dtype=torch.float), use
+        hits = (values.unsqueeze(1) == targets.unsqueeze(2)).float()  # B × T × K
+        return (attn * hits).sum(-1), use
+
+    def __call__(self, log_probs: torch.Tensor, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mix the cache into ``log_probs`` (B×T×V) for ``hidden`` (B×T×H) and ``targets`` (B×T).
+
+        Returns log p (B×T×V, fp32) and appends the chunk to the cache.
+        """
+        bsz, tlen, vocab = log_probs.shape
+        log_probs = log_probs.float()
+        attn, values, use = self.attend(hidden, targets)
+        if self.lambdasm == 0.0 or attn is None:
+            return log_probs
         p_ptr = log_probs.new_zeros(bsz, tlen, vocab)
         p_ptr.scatter_add_(2, values.unsqueeze(1).expand(bsz, tlen, -1), attn)
-        keep = math.log1p(-self.lambdasm) if self.lambdasm < 1.0 else float("-inf")
-        mixed = torch.logaddexp(log_probs + keep, p_ptr.log() + math.log(self.lambdasm))
-        return torch.where(use.view(1, -1, 1), mixed, log_probs)
+        return torch.where(use.view(1, -1, 1), mix(log_probs, p_ptr, self.lambdasm), log_probs)
+
+
+def mix(log_p_vocab: torch.Tensor, p_ptr: torch.Tensor, lambdasm: float) -> torch.Tensor:
+    """log((1 − λ) p_vocab + λ p_ptr), computed from log p_vocab."""
+    keep = math.log1p(-lambdasm) if lambdasm < 1.0 else float("-inf")
+    return torch.logaddexp(log_p_vocab + keep, p_ptr.log() + math.log(lambdasm)) if lambdasm > 0 else log_p_vocab

@@ -16,16 +16,17 @@ fairseq wiring (FAIRSEQ_NOTES §3):
 * the optimizer ``nt_asgd`` holds the mode, the trigger history, and while the
   averaged weights are swapped in, the raw iterate (``raw_params``), all in its
   ``state_dict`` so ``--restore-file`` continues exactly;
-* the lr scheduler ``nt_asgd`` feeds it each epoch's validation loss
-  (``lr_scheduler.step(epoch, val_loss)`` runs after the checkpoint is saved, the
-  reference's order: evaluate → save if best → trigger);
+* the task ``awd_language_modeling`` feeds it the first validation loss of each
+  epoch in ``post_validate``, i.e. *before* the epoch's checkpoint is written, so a
+  run interrupted after a switch resumes in averaging mode (the reference's order
+  evaluate → save → trigger gives the same weights: the switch itself changes none);
 * the task swaps the average in at ``begin_valid_epoch`` and leaves it in through
   checkpoint saving, so validation, ``checkpoint_best.pt`` and ``checkpoint_last.pt``
   use the averaged model; the next ``train_step`` swaps the raw iterate back.
 
 With ``--asgd-from-start`` (finetuning, REFERENCE §3.5) averaging starts at the
-first update and the trigger instead ends training: the scheduler sets the lr
-to 0, which stops ``fairseq-train`` when ``--stop-min-lr 0`` is given.
+first update and the trigger instead ends training: the lr scheduler ``nt_asgd``
+then sets the lr to 0, which stops ``fairseq-train`` given ``--stop-min-lr 0``.
 """
 
 import logging
@@ -68,7 +69,9 @@ class NtAsgd(FairseqOptimizer):
         self.switch_epoch: Optional[int] = None
         self.raw_params: Optional[List[torch.Tensor]] = None
         self.mode = "sgd"
-        self.trigger_attached = False  # set by the nt_asgd lr scheduler
+        self.trigger_attached = False  # set by the task that feeds validation losses
+        self.scheduler_attached = False  # set by the nt_asgd lr scheduler
+        self.finished = False
         self._optimizer = torch.optim.SGD(self._params, lr=self.cfg.lr[0], weight_decay=self.cfg.weight_decay)
         if self.cfg.asgd_from_start:
             self._switch(epoch=0)
@@ -79,7 +82,8 @@ class NtAsgd(FairseqOptimizer):
 
     @property
     def supports_flat_params(self):
-        return False
+        # SGD and ASGD are elementwise, so fairseq's flattened fp16 master copy is fine
+        return True
 
     def _switch(self, epoch: int):
         # the original lr, not whatever a schedule made of it (REFERENCE §3.3)
@@ -100,6 +104,9 @@ class NtAsgd(FairseqOptimizer):
             return fired
         if self.cfg.asgd_from_start:
             self.history.append(val_loss)
+            if fired:
+                logger.info(f"NT-ASGD finetune: validation stopped improving after epoch {epoch}; training ends")
+                self.finished = True
             return fired
         return False
 
@@ -130,7 +137,9 @@ class NtAsgd(FairseqOptimizer):
         if self.raw_params is not None:
             raise RuntimeError("NT-ASGD: an update was attempted while the averaged weights are swapped in")
         if not self.trigger_attached:
-            raise AwdUserError("--optimizer nt_asgd needs --lr-scheduler nt_asgd, which feeds it the validation loss")
+            raise AwdUserError("--optimizer nt_asgd is driven by --task awd_language_modeling (it feeds the validation losses)")
+        if self.cfg.asgd_from_start and not self.scheduler_attached:
+            raise AwdUserError("--asgd-from-start needs --lr-scheduler nt_asgd --stop-min-lr 0 to end the finetuning")
         super().step(closure, scale, groups)
 
     # -- checkpointing -----------------------------------------------------------------------
@@ -139,6 +148,7 @@ class NtAsgd(FairseqOptimizer):
             "mode": self.mode,
             "history": list(self.history),
             "switch_epoch": self.switch_epoch,
+            "finished": self.finished,
             "inner": self._optimizer.state_dict(),
             "raw_params": None if self.raw_params is None else [t.clone() for t in self.raw_params],
         }
@@ -150,6 +160,7 @@ class NtAsgd(FairseqOptimizer):
         if state_dict["mode"] == "asgd" and self.mode != "asgd":
             self._switch(state_dict["switch_epoch"])
         self.switch_epoch = state_dict["switch_epoch"]
+        self.finished = state_dict.get("finished", False)
         self._optimizer.load_state_dict(state_dict["inner"])
         if optimizer_overrides:
             for group in self._optimizer.param_groups:
@@ -195,38 +206,24 @@ def swap_out_average(optimizer) -> bool:
 
 
 @dataclass
-class NtAsgdTriggerConfig(FairseqDataclass):
+class NtAsgdSchedulerConfig(FairseqDataclass):
     lr: List[float] = II("optimization.lr")
 
 
-@register_lr_scheduler("nt_asgd", dataclass=NtAsgdTriggerConfig)
-class NtAsgdTrigger(FairseqLRScheduler):
-    """Constant lr; feeds each epoch's validation loss to the ``nt_asgd`` optimizer."""
+@register_lr_scheduler("nt_asgd", dataclass=NtAsgdSchedulerConfig)
+class NtAsgdScheduler(FairseqLRScheduler):
+    """Constant lr that drops to 0 once an ``--asgd-from-start`` finetuning has finished."""
 
     def __init__(self, cfg, optimizer):
         super().__init__(cfg, optimizer)
         if unwrap(optimizer) is None:
             raise AwdUserError("--lr-scheduler nt_asgd needs --optimizer nt_asgd")
-        unwrap(optimizer).trigger_attached = True
-        self.stopped = False
+        unwrap(optimizer).scheduler_attached = True
 
     def step(self, epoch, val_loss=None):
         super().step(epoch, val_loss)
-        inner = unwrap(self.optimizer)
-        if val_loss is not None:
-            fired = inner.observe_validation(epoch, float(val_loss))
-            if fired and inner.cfg.asgd_from_start:
-                logger.info("NT-ASGD finetune: validation stopped improving; setting lr to 0 to end training")
-                self.stopped = True
-        self.optimizer.set_lr(0.0 if self.stopped else self.cfg.lr[0])
+        self.optimizer.set_lr(0.0 if unwrap(self.optimizer).finished else self.cfg.lr[0])
         return self.optimizer.get_lr()
 
     def step_update(self, num_updates):
         return self.optimizer.get_lr()
-
-    def state_dict(self):
-        return {"best": self.best, "stopped": self.stopped}
-
-    def load_state_dict(self, state_dict):
-        self.best = state_dict.get("best")
-        self.stopped = state_dict.get("stopped", False)

@@ -101,6 +101,8 @@ class AwdLanguageModelingTask(FairseqTask):
         self._sampled_len = {}
         self._optimizer = None
         self._seq_len = None
+        self._train_itr = None
+        self._valid_epoch, self._valid_observed = 0, True
 
     @classmethod
     def setup_task(cls, cfg: AwdLanguageModelingConfig, **kwargs):
@@ -175,6 +177,8 @@ class AwdLanguageModelingTask(FairseqTask):
             num_shards=1, shard_id=0, num_workers=num_workers, epoch=epoch, disable_shuffling=True,
         )
         self._iterators[cache_key] = itr
+        if training:
+            self._train_itr = itr
         return itr
 
     def _training_sampler(self, streams: StreamDataset, epoch: int):
@@ -246,11 +250,23 @@ class AwdLanguageModelingTask(FairseqTask):
 
     def begin_valid_epoch(self, epoch, model):
         model.reset_carried_state(keep=self.cfg.train_subset)
+        self._valid_epoch, self._valid_observed = epoch, False
         if self._optimizer is not None and nt_asgd.swap_in_average(self._optimizer):
             logger.info("NT-ASGD: validating (and saving) the averaged weights")
 
+    def post_validate(self, model, stats, agg):
+        # NT-ASGD's trigger sees the first validation subset at the end of each epoch,
+        # before fairseq writes the epoch's checkpoint (so a resume continues in the right mode)
+        first, self._valid_observed = not self._valid_observed, True
+        inner = nt_asgd.unwrap(self._optimizer)
+        if first and inner is not None and self._train_itr is not None and self._train_itr.end_of_epoch():
+            inner.observe_validation(self._valid_epoch, float(stats["loss"]))
+
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
         self._optimizer = optimizer
+        inner = nt_asgd.unwrap(optimizer)
+        if inner is not None:
+            inner.trigger_attached = True
         nt_asgd.swap_out_average(optimizer)
         if sample and "net_input" in sample:
             self._seq_len = self._sampled_len.get(int(sample["net_input"]["carry_pos"]), sample["target"].size(1))
