@@ -59,7 +59,9 @@ def cli(name):
 
 
 def run(cmd, expect_fail=False, env=None, cwd=None):
-    full_env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="2", **(env or {}))
+    # PASSIVE: idle OpenMP threads sleep instead of spinning, which matters on 2 shared cores
+    full_env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "2", "OMP_WAIT_POLICY": "PASSIVE",
+                **(env or {})}
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=full_env, cwd=cwd)
     if expect_fail:
         assert proc.returncode != 0, f"expected failure of {' '.join(cmd)}\n{proc.stdout[-4000:]}"

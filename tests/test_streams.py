@@ -90,3 +90,36 @@ def test_lr_is_rescaled_for_one_step_only(small_bin):
     opt = _RecordingOptimizer()
     task.optimizer_step(opt, None, 0)
     assert opt.seen == [30.0 * 18 / 70] and opt.lr == 30.0
+
+
+def test_character_level_dictionaries_are_recognised():
+    from fairseq.data import Dictionary
+
+    from awd_plugins.tasks.awd_language_modeling import is_character_level
+
+    def make(symbols):
+        d = Dictionary()
+        for s in symbols:
+            d.add_symbol(s)
+        return d
+
+    assert is_character_level(make(["97", "32", "10", "255"]))  # enwik8-style byte values
+    assert is_character_level(make(list("abc_")))  # PTB-char
+    assert not is_character_level(make(["the", "a"]))
+    assert not is_character_level(make(["300", "1"]))
+
+
+def test_pointer_on_a_model_without_last_layer_output_is_a_user_error(small_bin, monkeypatch):
+    import pytest
+    from fairseq.tasks import FairseqTask
+    from omegaconf import OmegaConf
+
+    from awd_plugins.errors import AwdUserError
+    from awd_plugins.tasks.awd_language_modeling import AwdLanguageModelingConfig, AwdLanguageModelingTask
+
+    cfg = OmegaConf.structured(AwdLanguageModelingConfig(data=small_bin, pointer_window=100))
+    cfg.seed, cfg.train_subset = 1, "train"
+    task = AwdLanguageModelingTask.setup_task(cfg)
+    monkeypatch.setattr(FairseqTask, "build_model", lambda self, cfg, from_checkpoint=False: torch.nn.Linear(2, 2))
+    with pytest.raises(AwdUserError, match="--pointer-window needs a model that exposes its last-layer output"):
+        task.build_model(None)

@@ -130,8 +130,9 @@ class StreamDataset(FairseqDataset):
         tlen = len(samples)
         if int(samples[-1]) != start + tlen - 1 or start + tlen >= self.length:
             raise ValueError(f"columns {samples[0]}..{samples[-1]} are not one window of this stream")
-        src = self.streams[:, start : start + tlen]
-        tgt = self.streams[:, start + 1 : start + tlen + 1]
+        # contiguous copies: criteria such as fairseq's cross_entropy .view() the target
+        src = self.streams[:, start : start + tlen].contiguous()
+        tgt = self.streams[:, start + 1 : start + tlen + 1].contiguous()
         return {
             "id": torch.arange(self.bsz),
             "nsentences": self.bsz,

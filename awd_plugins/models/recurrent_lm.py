@@ -183,6 +183,12 @@ class RecurrentLanguageModel(FairseqLanguageModel):
         return super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg, args=args)
 
     def get_normalized_probs(self, net_output, log_probs: bool, sample: Optional[Dict[str, Any]] = None):
+        if sample is None and not self.training and log_probs:
+            # Generation: fairseq divides the logits by the temperature before this call, so at
+            # low temperature a prompt token forced by the generator can get probability
+            # exp(-5000) = 0 in fp32 and torch.multinomial rejects the all-zero row. A floor of
+            # e^-80 per token (under 1e-30 of mass over any vocabulary) keeps every row valid.
+            return super().get_normalized_probs(net_output, True, sample).clamp(min=-80.0)
         if self.pointer is None or self.training or sample is None or "carry_key" not in sample.get("net_input", {}):
             return super().get_normalized_probs(net_output, log_probs, sample)
         net_input = sample["net_input"]

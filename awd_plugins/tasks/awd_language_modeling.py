@@ -195,6 +195,11 @@ class AwdLanguageModelingTask(FairseqTask):
             logger.warning("--context-window is ignored: awd_language_modeling carries the recurrent state instead")
         bsz = batch_size or 1
         logger.info(f"evaluating {dataset.split} in corpus order: {bsz} stream(s), windows of {self.cfg.bptt}")
+        if is_character_level(self.dictionary):
+            logger.info(
+                "character/byte-level dictionary: one token is one character (byte), so the "
+                "'Loss (base 2)' fairseq-eval-lm prints is the bits per character (bpc)"
+            )
         itr = self._stream_iterator(dataset, bsz, training=False, num_workers=num_workers, key="eval")
         return itr.next_epoch_itr(shuffle=False)
 
@@ -287,3 +292,10 @@ class AwdLanguageModelingTask(FairseqTask):
         inner = nt_asgd.unwrap(self._optimizer)
         if inner is not None and inner.switch_epoch is not None:
             metrics.log_scalar("asgd_switch_epoch", inner.switch_epoch, weight=0, priority=900)
+
+
+def is_character_level(dictionary: Dictionary) -> bool:
+    """True when every symbol (besides fairseq's specials and padding) is one character or a byte value."""
+    symbols = dictionary.symbols[dictionary.nspecial :]
+    words = [s for s in symbols if not s.startswith("madeupword")]
+    return bool(words) and all(len(s) == 1 or (s.isdigit() and int(s) < 256) for s in words)
