@@ -88,7 +88,7 @@ def binarize(raw_dir: str, dest: str, workers: int = 1, extra: Optional[List[str
         "--destdir", dest,
         "--workers", str(workers),
     ] + (extra or [])
-    print("+ " + " ".join(cmd[1 if exe else 2:]), file=sys.stderr)
+    print("+ fairseq-preprocess " + " ".join(cmd[1 if exe else 3 :]), file=sys.stderr)
     subprocess.run(cmd, check=True)
 
 

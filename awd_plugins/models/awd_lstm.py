@@ -74,7 +74,13 @@ def build_embedding_and_output(decoder: RecurrentDecoder, dictionary, cfg, out_d
     decoder.split_softmax = SplitSoftmax(out_dim, splits)
 
 
-class AwdLstmDecoder(RecurrentDecoder):
+class AwdDecoder(RecurrentDecoder):
+    """The AWD stack shared by AWD-LSTM and AWD-QRNN (REFERENCE §2.1, §6.2).
+
+    Subclasses say how to build layer ``index`` (:meth:`make_layer`), run it over a
+    window from its state (:meth:`run_layer`) and make its zero state (:meth:`init_state`).
+    """
+
     def __init__(self, cfg: AwdLstmConfig, dictionary):
         super().__init__(dictionary)
         check_sizes(cfg, ["emsize", "nhid", "nlayers"])
@@ -82,7 +88,7 @@ class AwdLstmDecoder(RecurrentDecoder):
         self.sizes = [cfg.nhid] * (cfg.nlayers - 1) + [cfg.nhid if cfg.untie_weights else cfg.emsize]
         inputs = [cfg.emsize] + self.sizes[:-1]
         self.rnns = nn.ModuleList(
-            WeightDrop(nn.LSTM(i, h), ["weight_hh_l0"], cfg.wdrop) for i, h in zip(inputs, self.sizes)
+            self.make_layer(index, i, h, cfg) for index, (i, h) in enumerate(zip(inputs, self.sizes))
         )
         build_embedding_and_output(self, dictionary, cfg, self.sizes[-1])
         self.embedding_dropout = EmbeddingDropout(cfg.dropoute)
@@ -90,19 +96,33 @@ class AwdLstmDecoder(RecurrentDecoder):
         self.hidden_dropout = LockedDropout(cfg.dropouth)
         self.output_dropout = LockedDropout(cfg.dropout)
 
-    def init_state(self, bsz, like):
-        return [(like.new_zeros(1, bsz, h), like.new_zeros(1, bsz, h)) for h in self.sizes]
+    def make_layer(self, index: int, input_size: int, hidden_size: int, cfg) -> nn.Module:
+        raise NotImplementedError
+
+    def run_layer(self, rnn: nn.Module, x: torch.Tensor, state):
+        raise NotImplementedError
 
     def run(self, tokens, state):
         x = self.input_dropout(self.embedding_dropout(self.embed_tokens, tokens))
         new_state = []
-        for layer, (rnn, hc) in enumerate(zip(self.rnns, state)):
-            x, new_hc = rnn(x, tuple(hc))
-            new_state.append(new_hc)
+        for layer, (rnn, layer_state) in enumerate(zip(self.rnns, state)):
+            x, layer_state = self.run_layer(rnn, x, layer_state)
+            new_state.append(layer_state)
             raw = x
             if layer < len(self.rnns) - 1:
                 x = self.hidden_dropout(x)
         return raw, self.output_dropout(raw), new_state
+
+
+class AwdLstmDecoder(AwdDecoder):
+    def make_layer(self, index, input_size, hidden_size, cfg):
+        return WeightDrop(nn.LSTM(input_size, hidden_size), ["weight_hh_l0"], cfg.wdrop)
+
+    def run_layer(self, rnn, x, state):
+        return rnn(x, tuple(state))
+
+    def init_state(self, bsz, like):
+        return [(like.new_zeros(1, bsz, h), like.new_zeros(1, bsz, h)) for h in self.sizes]
 
 
 @register_model("awd_lstm", dataclass=AwdLstmConfig)
