@@ -56,7 +56,7 @@ def _to_device(sample, device):
 
 def pointer_losses(states, window: int, theta: float, lambdas: List[float]) -> List[float]:
     """Mean −log p(target) (nats) for each λ with the cache (window, θ) over stored ``states``."""
-    from awd_plugins.modules.cache_pointer import ContinuousCachePointer
+    from awd_plugins.modules.cache_pointer import ContinuousCachePointer, mix
 
     hidden, targets, log_pv = states
     pointer = ContinuousCachePointer(window, theta, 0.5)
@@ -66,12 +66,7 @@ def pointer_losses(states, window: int, theta: float, lambdas: List[float]) -> L
         p_ptr.append(p)
         used.append(use.expand_as(y))
     p_ptr, used = torch.cat(p_ptr, dim=1), torch.cat(used, dim=1)
-    losses = []
-    for lam in lambdas:
-        keep = math.log1p(-lam) if lam < 1 else float("-inf")
-        mixed = torch.logaddexp(log_pv + keep, p_ptr.log() + math.log(lam)) if lam > 0 else log_pv
-        losses.append(-torch.where(used, mixed, log_pv).double().mean().item())
-    return losses
+    return [-torch.where(used, mix(log_pv, p_ptr, lam), log_pv).double().mean().item() for lam in lambdas]
 
 
 def main(argv=None):

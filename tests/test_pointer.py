@@ -39,18 +39,25 @@ def test_lambda_zero_is_the_plain_model_exactly(golden):
     assert torch.equal(loss, -lp[0].gather(1, g["targets"][:, None]).squeeze(1))
 
 
-@pytest.mark.parametrize("bsz", [1, 3])
-def test_matches_naive_per_token_loop(bsz):
+@pytest.mark.parametrize("bsz,bptt", [(1, 7), (3, 7), (2, 25)])  # 25 > window: the chunk is scored in blocks
+def test_matches_naive_per_token_loop(bsz, bptt):
     torch.manual_seed(0)
-    N, V, H, window, bptt = 57, 11, 5, 9, 7
+    N, V, H, window = 57, 11, 5, 9
     probs = torch.softmax(torch.randn(bsz, N, V), -1)
     hidden = torch.randn(bsz, N, H)
     targets = torch.randint(0, V, (bsz, N))
     ptr = ContinuousCachePointer(window, 0.7, 0.3)
     ours = run_chunks(ptr, probs.log(), hidden, targets, bptt)
+    search = ContinuousCachePointer(window, 0.7, 0.3)
+    p_target = torch.cat([search.target_probability(hidden[:, i : i + bptt], targets[:, i : i + bptt])[0]
+                          for i in range(0, N, bptt)], dim=1)
     for b in range(bsz):
         ref = naive_pointer(probs[b], hidden[b], targets[b], window, 0.7, 0.3, bptt)
         assert torch.allclose(ours[b], ref.float(), atol=1e-5)
+        # the search's p_ptr(target) gives the same mixture
+        used = ref.float() != -probs[b].log().gather(1, targets[b][:, None]).squeeze(1)
+        mixed = -torch.log(0.7 * probs[b].gather(1, targets[b][:, None]).squeeze(1) + 0.3 * p_target[b])
+        assert torch.allclose(mixed[used], ref.float()[used], atol=1e-5)
 
 
 def test_mixture_is_a_distribution_and_theta_zero_counts():
