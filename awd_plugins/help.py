@@ -22,7 +22,7 @@ A named architecture's published values are found by calling its
 import argparse
 import io
 import sys
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional
 
 PLUGIN_MODULE = "awd_plugins"
 COMPONENTS = ("criterion", "optimizer", "lr_scheduler")

@@ -28,7 +28,7 @@ fairseq-train "$WORK/data-bin" --user-dir $PLUGIN --task awd_language_modeling \
 CKPT="$WORK/checkpoints/checkpoint_best.pt"
 eval_lm() {
   fairseq-eval-lm "$WORK/data-bin" --user-dir $PLUGIN --task awd_language_modeling --path "$CKPT" \
-    --cpu --num-workers 0 "$@" 2>&1 | grep -E "Loss \(base 2\)" | sed 's/.*| //'
+    --cpu --num-workers 0 "$@" 2>&1 | grep -E "Loss \(base 2\)" | sed 's/.*Loss (base 2)/Loss (base 2)/'
 }
 echo "== 3/4 evaluate the test split (fairseq-eval-lm, batch 1, state carried across windows)"
 VALID=$(grep -E "\| valid \|" "$WORK/train.log" | tail -1 | grep -oE "ppl [0-9.]+" || true)
@@ -36,7 +36,7 @@ TEST=$(eval_lm --gen-subset test --bptt 500)
 TEST_PTR=$(eval_lm --gen-subset test --bptt 500 --pointer-window 500 --pointer-theta 1.0 --pointer-lambda 0.1)
 
 echo "== 4/4 sample (hub interface, temperature 0.9, top-k 50)"
-python - "$WORK" <<'PY'
+python - "$WORK" 2>&1 <<'PY' | grep -v -E "^(INFO|WARNING):"
 import sys
 from awd_plugins.models.awd_lstm import AwdLstmModel
 work = sys.argv[1]

@@ -20,7 +20,7 @@ import sys
 import tempfile
 from typing import Dict, Iterable
 
-from _corpus import SPLITS, binarize, fail
+from _corpus import SPLITS, binarize, check_output, fail
 
 NEWLINE = 10
 _WORDS = [str(b) for b in range(256)]
@@ -67,8 +67,8 @@ def check_output_arguments(args):
             fail("--text-only needs --raw DIR to write the text files to")
     elif not args.out:
         fail("give the data-bin directory with --out (or --text-only --raw DIR)")
-    elif os.path.exists(os.path.join(args.out, "dict.txt")) and not args.force:
-        fail(f"{args.out} already holds a data-bin; give --force to overwrite it")
+    else:
+        check_output(args.out, args.force)
 
 
 def write_and_binarize(corpus: str, splits: Dict[str, bytes], args, text_writer=None):

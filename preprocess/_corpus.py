@@ -92,6 +92,14 @@ def binarize(raw_dir: str, dest: str, workers: int = 1, extra: Optional[List[str
     subprocess.run(cmd, check=True)
 
 
+def check_output(out: str, force: bool, source: str = None):
+    """Refuse to overwrite a data-bin without --force, and a missing --from directory."""
+    if os.path.exists(os.path.join(out, "dict.txt")) and not force:
+        fail(f"{out} already holds a data-bin; give --force to overwrite it")
+    if source and not os.path.isdir(source):
+        fail(f"--from directory not found: {source}")
+
+
 def main(corpus: str, urls: Dict[str, str], archive_members: Dict[str, str], names: Dict[str, List[str]],
          sha256s: Dict[str, str]):
     parser = argparse.ArgumentParser(
@@ -107,11 +115,7 @@ def main(corpus: str, urls: Dict[str, str], archive_members: Dict[str, str], nam
     parser.add_argument("--no-verify", action="store_true", help="skip the sha256 check of the standard files")
     parser.add_argument("--force", action="store_true", help="overwrite an existing --out directory")
     args = parser.parse_args()
-
-    if os.path.exists(os.path.join(args.out, "dict.txt")) and not args.force:
-        fail(f"{args.out} already holds a data-bin; give --force to overwrite it")
-    if args.source and not os.path.isdir(args.source):
-        fail(f"--from directory not found: {args.source}")
+    check_output(args.out, args.force, args.source)
 
     texts = {}
     archive = None

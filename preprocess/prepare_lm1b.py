@@ -38,7 +38,7 @@ import tarfile
 import tempfile
 import urllib.request
 
-from _corpus import SPLITS, binarize, count_tokens, download, fail
+from _corpus import SPLITS, binarize, check_output, count_tokens, download, fail
 
 ROOT = "1-billion-word-language-modeling-benchmark-r13output"
 TRAIN_DIR = "training-monolingual.tokenized.shuffled"
@@ -128,10 +128,7 @@ def main():
     parser.add_argument("--force", action="store_true", help="overwrite an existing --out directory")
     args = parser.parse_args()
 
-    if os.path.exists(os.path.join(args.out, "dict.txt")) and not args.force:
-        fail(f"{args.out} already holds a data-bin; give --force to overwrite it")
-    if args.source and not os.path.isdir(args.source):
-        fail(f"--from directory not found: {args.source}")
+    check_output(args.out, args.force, args.source)
     if args.vocab and not os.path.isfile(args.vocab):
         fail(f"--vocab file not found: {args.vocab}")
     if args.force and os.path.isdir(args.out):

@@ -31,7 +31,6 @@ import json
 import os
 import re
 import shutil
-import sys
 import tempfile
 from collections import Counter
 from typing import Dict, List, Optional

@@ -20,7 +20,7 @@ from awd_plugins.models.sha_rnn import (
 )
 from awd_plugins.modules.boom import Boom, sigmoid_gelu
 from awd_plugins.modules.sha_block import ShaBlock
-from awd_plugins.modules.single_head_attention import SingleHeadAttention, causal_memory_mask
+from awd_plugins.modules.single_head_attention import causal_memory_mask
 
 
 def build(vocab=20, **overrides):
