@@ -123,3 +123,26 @@ def test_pointer_on_a_model_without_last_layer_output_is_a_user_error(small_bin,
     monkeypatch.setattr(FairseqTask, "build_model", lambda self, cfg, from_checkpoint=False: torch.nn.Linear(2, 2))
     with pytest.raises(AwdUserError, match="--pointer-window needs a model that exposes its last-layer output"):
         task.build_model(None)
+
+
+def test_ptb_target_counts_equal_the_references_token_counts(shared_corpus, tmp_path):
+    """A batch-1 evaluation scores as many targets as the reference counts tokens (REFERENCE §1.1)."""
+    import subprocess
+    import sys
+
+    from omegaconf import OmegaConf
+
+    from awd_plugins.tasks.awd_language_modeling import AwdLanguageModelingConfig, AwdLanguageModelingTask
+    from conftest import REPO
+
+    subprocess.run([sys.executable, f"{REPO}/preprocess/prepare_ptb.py", "--from", shared_corpus("ptb"),
+                    "--out", str(tmp_path / "ptb")], check=True, capture_output=True)
+    cfg = OmegaConf.structured(AwdLanguageModelingConfig(data=str(tmp_path / "ptb")))
+    cfg.seed, cfg.train_subset = 1, "train"
+    task = AwdLanguageModelingTask.setup_task(cfg)
+    # 9,998 words; the text's <unk> is fairseq's own; 4 specials; padded to a multiple of 8
+    assert len(task.dictionary) == 10008
+    for split, expected in [("test", 82_430), ("valid", 73_760)]:
+        task.load_dataset(split)
+        targets = sum(s["ntokens"] for s in task.eval_lm_dataloader(task.dataset(split), batch_size=1))
+        assert targets == expected
