@@ -6,6 +6,7 @@
 * ``small_bin``: a tiny data-bin binarized once per session from the corpus
   bundled in ``data/wikitext-2-small`` (always available).
 * ``ptb_slice_bin``: the same from the first lines of PTB (skips without shared/).
+* ``rising_valid_bin``: a PTB (else bundled) slice whose validation loss rises, for NT-ASGD.
 * ``run_cli``: runs a fairseq command line with the plugin, returns its output,
   and fails the test with the output when it exits non-zero.
 """
@@ -115,6 +116,32 @@ def small_bin(tmp_path_factory):
     root = tmp_path_factory.mktemp("small")
     raw = write_slice(os.path.join(REPO, "data", "wikitext-2-small"), str(root / "raw"), SLICE)
     return binarize(raw, str(root / "bin"), extra=["--nwordssrc", "2000"])
+
+
+def hapax_validation(raw_dir):
+    """Rewrite ``valid.txt`` as lines of words that occur once in ``train.txt``.
+
+    The better a model learns the training text, the less probable it finds these
+    words, so the validation loss rises from epoch to epoch: with ``--nonmono 0`` NT-ASGD
+    then switches after epoch 2 on any corpus (REFERENCE §3.3).
+    """
+    from collections import Counter
+
+    with open(os.path.join(raw_dir, "train.txt"), encoding="utf-8") as f:
+        counts = Counter(f.read().split())
+    hapax = sorted(w for w, c in counts.items() if c == 1)[:600]
+    with open(os.path.join(raw_dir, "valid.txt"), "w", encoding="utf-8") as f:
+        f.writelines(" ".join(hapax[i : i + 12]) + "\n" for i in range(0, len(hapax), 12))
+    return raw_dir
+
+
+@pytest.fixture(scope="session")
+def rising_valid_bin(tmp_path_factory):
+    """A PTB slice (or, without ../shared, the bundled corpus) whose validation loss rises."""
+    src = shared_path("data", "ptb") or os.path.join(REPO, "data", "wikitext-2-small")
+    root = tmp_path_factory.mktemp("rising")
+    raw = hapax_validation(write_slice(src, str(root / "raw"), SLICE))
+    return binarize(raw, str(root / "bin"))
 
 
 @pytest.fixture(scope="session")

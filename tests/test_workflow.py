@@ -6,8 +6,8 @@ prepare_text.py whose validation text consists of words that occur once in the
 training text: the better the model learns the training text, the worse it
 predicts them, so the validation loss rises from epoch 1 to epoch 2 and NT-ASGD
 with ``--nonmono 0`` switches after epoch 2 (REFERENCE §3.3). The plugin logs
-``asgd_switch_epoch`` only from the epoch after the switch (the trigger runs in
-``lr_scheduler.step`` after the epoch's summaries are printed), hence three epochs.
+``asgd_switch_epoch`` only from the epoch after the switch (the trigger runs after
+the epoch's validation summary is printed), hence three epochs.
 """
 
 import json
