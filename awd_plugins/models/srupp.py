@@ -255,14 +255,6 @@ class SruDecoder(RecurrentDecoder):
             return features  # fairseq's adaptive convention: the softmax reads the features
         return super().output_layer(features)
 
-    def get_normalized_probs(self, net_output, log_probs, sample=None):
-        if self.adaptive_softmax is None:
-            return super().get_normalized_probs(net_output, log_probs, sample)
-        # the stream task's targets are column slices; adapt_target needs a contiguous view
-        target = None if sample is None else sample["target"].contiguous()
-        out = self.adaptive_softmax.get_log_prob(net_output[0], target=target)
-        return out if log_probs else out.exp_()
-
     def nll(self, features, targets):
         if self.adaptive_softmax is None:
             return super().nll(features, targets)
@@ -276,21 +268,15 @@ class SruDecoder(RecurrentDecoder):
         return nll
 
 
-class _SruLanguageModel(RecurrentLanguageModel):
-    def get_targets(self, sample, net_output):
-        # fairseq's adaptive_loss flattens the targets with .view(); the task's are column slices
-        return sample["target"].contiguous()
-
-
 @register_model("srupp", dataclass=SruppConfig)
-class SruppModel(_SruLanguageModel):
+class SruppModel(RecurrentLanguageModel):
     @classmethod
     def build_model(cls, cfg, task):
         return cls(SruDecoder(cfg, task.target_dictionary, attention=True))
 
 
 @register_model("sru", dataclass=SruConfig)
-class SruModel(_SruLanguageModel):
+class SruModel(RecurrentLanguageModel):
     @classmethod
     def build_model(cls, cfg, task):
         return cls(SruDecoder(cfg, task.target_dictionary, attention=False))
