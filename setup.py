@@ -22,10 +22,10 @@ setup(
     extras_require={"test": ["pytest"]},
     entry_points={
         "console_scripts": [
-            "awd-help=awd_plugins.help:cli_main",
-            "awd-plot=awd_plugins.plot_curves:cli_main",
-            "awd-detokenize=awd_plugins.detokenize:cli_main",
-            "awd-pointer-search=awd_plugins.pointer_search:cli_main",
+            "awd-help=awd_plugins.cli.help:cli_main",
+            "awd-plot=awd_plugins.cli.plot_curves:cli_main",
+            "awd-detokenize=awd_plugins.cli.detokenize:cli_main",
+            "awd-pointer-search=awd_plugins.cli.pointer_search:cli_main",
         ]
     },
 )

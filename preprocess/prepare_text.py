@@ -9,7 +9,7 @@
     python preprocess/prepare_text.py book.txt --out data-bin/mine-bytes --tokenizer bytes
 
 Tokenizers (the choice is recorded in ``DEST/tokenizer.json``, which
-``python -m awd_plugins.detokenize --data DEST`` reads to turn samples back into text):
+``python -m awd_plugins.cli.detokenize --data DEST`` reads to turn samples back into text):
 
 * ``moses``: word tokens from sacremoses (``--lang``, ``--lowercase``). With
   ``--vocab-size N`` only the N most frequent training words are kept and every

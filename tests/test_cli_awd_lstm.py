@@ -176,7 +176,7 @@ def test_bad_input_one_error_line_and_nothing_overwritten(trained, data_bin, run
 def test_pointer_search_runs_the_network_once_and_matches_the_formula(trained, data_bin, monkeypatch, capsys):
     from fairseq import checkpoint_utils
 
-    from awd_plugins import pointer_search
+    from awd_plugins.cli import pointer_search
 
     save, _ = trained
     ckpt = str(save / "checkpoint_best.pt")

@@ -138,7 +138,7 @@ def test_line_assignment_is_seeded_and_keeps_order(monkeypatch):
 
 
 def test_sentencepiece_round_trip(corpus):
-    from awd_plugins.detokenize import detokenize, load_detokenizer
+    from awd_plugins.cli.detokenize import detokenize, load_detokenizer
 
     root, splits = corpus
     dest = root / "spm"
@@ -162,7 +162,7 @@ def test_sentencepiece_round_trip(corpus):
 
 
 def test_bytes_round_trip(corpus):
-    from awd_plugins.detokenize import load_detokenizer
+    from awd_plugins.cli.detokenize import load_detokenizer
 
     root, splits = corpus
     dest = root / "bytes"
@@ -215,7 +215,7 @@ def test_moses_detokenize_cli_reads_fairseq_output(moses_bin, tmp_path, capsys):
         "The <unk> said : \" It 's 10:30 a.m. \" and left .\n",
         encoding="utf-8",
     )
-    from awd_plugins.detokenize import cli_main
+    from awd_plugins.cli.detokenize import cli_main
 
     cli_main(["--data", dest, str(samples)])
     out = capsys.readouterr().out
@@ -288,7 +288,7 @@ def test_tensorboard_has_plugin_scalars(trained):
 
 
 def test_plot_from_training_log(trained, tmp_path):
-    from awd_plugins.plot_curves import cli_main, parse_log
+    from awd_plugins.cli.plot_curves import cli_main, parse_log
 
     run_ = parse_log(trained[0])
     assert sorted(run_.subsets["train"]) == [1, 2, 3] and sorted(run_.subsets["valid"]) == [1, 2, 3]
@@ -315,7 +315,7 @@ epoch 003 | loss 8.5 | ppl 362.04 | wall 330 | asgd_switch_epoch 2
 
 
 def test_plot_parses_simple_format(tmp_path):
-    from awd_plugins.plot_curves import parse_log
+    from awd_plugins.cli.plot_curves import parse_log
 
     path = tmp_path / "simple.log"
     path.write_text(SIMPLE_LOG, encoding="utf-8")
@@ -329,7 +329,7 @@ def test_plot_parses_simple_format(tmp_path):
 
 def test_plot_parses_log_file_json_without_prefix(tmp_path):
     """--log-file lines carry no "| INFO | tag |" prefix; the subset comes from the key prefix."""
-    from awd_plugins.plot_curves import parse_log
+    from awd_plugins.cli.plot_curves import parse_log
 
     path = tmp_path / "file.log"
     path.write_text(
@@ -347,7 +347,7 @@ def test_plot_parses_log_file_json_without_prefix(tmp_path):
 
 # -- option help -------------------------------------------------------------------------------
 def test_help_lists_arch_and_task_options():
-    from awd_plugins.help import help_text
+    from awd_plugins.cli.help import help_text
 
     text = help_text(["--arch", "awd_lstm_ptb", "--task", "awd_language_modeling", "--optimizer", "nt_asgd"])
     lines = text.splitlines()

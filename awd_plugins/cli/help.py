@@ -9,10 +9,10 @@ through ``gen_parser_from_dataclass``, or a legacy ``add_args``) and prints each
 option with its help text and default, where the default of a model option is
 the one the chosen named architecture publishes (REFERENCE §2.5, §3.7)::
 
-    python -m awd_plugins.help --arch awd_lstm_ptb --task awd_language_modeling \\
+    python -m awd_plugins.cli.help --arch awd_lstm_ptb --task awd_language_modeling \\
         --criterion split_cross_entropy --optimizer nt_asgd --lr-scheduler nt_asgd
-    python -m awd_plugins.help --archs          # every named architecture and what it sets
-    python -m awd_plugins.help --arch awd_lstm --full   # fairseq-train's complete help
+    python -m awd_plugins.cli.help --archs          # every named architecture and what it sets
+    python -m awd_plugins.cli.help --arch awd_lstm --full   # fairseq-train's complete help
 
 A named architecture's published values are found by calling its
 ``register_model_architecture`` function on an empty ``Namespace`` (it sets

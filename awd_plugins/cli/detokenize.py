@@ -16,17 +16,17 @@ becomes a line break, and fairseq's other specials (``<s>``, ``<pad>``, the
 ``tokenizer.json`` (``prepare_ptb.py``, ``prepare_enwik8.py``, ...) are read as
 bytes when every dictionary symbol is a byte value, else as space-separated words.
 
-    python -m awd_plugins.detokenize --data data-bin/mine < samples.txt
+    python -m awd_plugins.cli.detokenize --data data-bin/mine < samples.txt
 
 Input lines in ``fairseq-interactive`` / ``fairseq-generate`` format are
 understood: the hypothesis of each ``H-<id>`` line is printed, the other
 prefixed lines (``S-``, ``P-``, ...) and log lines are skipped. ``--encode``
 tokenizes text lines the way prepare_text.py did (prompts for sampling)::
 
-    echo "The game was" | python -m awd_plugins.detokenize --data data-bin/mine --encode \
+    echo "The game was" | python -m awd_plugins.cli.detokenize --data data-bin/mine --encode \
       | fairseq-interactive data-bin/mine --user-dir awd_plugins --task awd_language_modeling \
           --path checkpoints/checkpoint_best.pt --sampling --sampling-topk 10 --beam 1 --max-len-b 50 \
-      | python -m awd_plugins.detokenize --data data-bin/mine
+      | python -m awd_plugins.cli.detokenize --data data-bin/mine
 """
 
 import argparse

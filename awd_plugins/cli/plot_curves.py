@@ -1,6 +1,6 @@
 """Learning curves from fairseq training logs: perplexity (or bpc) per epoch and per wall-clock time.
 
-    python -m awd_plugins.plot_curves train.log [other.log ...] --out curves.png [--bpc]
+    python -m awd_plugins.cli.plot_curves train.log [other.log ...] --out curves.png [--bpc]
 
 Reads the end-of-epoch summaries that ``fairseq-train`` prints with
 ``--log-format simple`` (also tqdm, which prints the same summaries) or

@@ -1,6 +1,6 @@
 """Tune the continuous cache pointer on validation without re-running the network.
 
-    python -m awd_plugins.pointer_search DATA --path CKPT [--bptt 5000] \\
+    python -m awd_plugins.cli.pointer_search DATA --path CKPT [--bptt 5000] \\
         [--windows 100,500,2000] [--thetas 0.3,0.662,1.0] [--lambdas 0.05,0.1,0.15]
 
 The model runs once over the validation split (batch 1, state carried, windows of
@@ -22,7 +22,7 @@ from typing import List
 
 import torch
 
-logger = logging.getLogger("awd_plugins.pointer_search")
+logger = logging.getLogger("awd_plugins.cli.pointer_search")
 
 
 def floats(text: str) -> List[float]:
