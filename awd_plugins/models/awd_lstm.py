@@ -4,6 +4,7 @@ Language Models", arXiv:1708.02182), REFERENCE §2.
     ids → embedding dropout (dropoute) → embedding → locked dropout (dropouti)
         → [weight-dropped LSTM_l → locked dropout (dropouth between layers)] × L
         → locked dropout (dropout) → tied decoder / split softmax
+                                     or mixture of softmaxes (--n-experts K, Yang et al. 2018)
 
 Every layer is its own single-layer LSTM whose recurrent weight is DropConnect-ed
 (wdrop); the last layer's width equals the embedding size so the decoder can be
@@ -20,6 +21,7 @@ from torch import nn
 from awd_plugins.errors import AwdUserError, check_range
 from awd_plugins.models.recurrent_lm import RecurrentDecoder, RecurrentLanguageModel
 from awd_plugins.modules import EmbeddingDropout, LockedDropout, SplitSoftmax, WeightDrop
+from awd_plugins.modules.mixture_of_softmaxes import MixtureOfSoftmaxes
 from awd_plugins.modules.split_softmax import parse_splits
 
 
@@ -42,6 +44,17 @@ class AwdLstmConfig(FairseqDataclass):
             "help": "split-softmax boundaries: 'auto' (the reference's rule by vocabulary size: none "
             "below 75k words), 'none', or comma-separated token ids"
         },
+    )
+    # Mixture of Softmaxes head (modules/mixture_of_softmaxes.py); off with the default 0.
+    n_experts: int = field(
+        default=0, metadata={"help": "mixture of softmaxes with this many experts (Yang et al. 2018); 0: one softmax"}
+    )
+    nhidlast: int = field(
+        default=0, metadata={"help": "size of the last LSTM layer with --n-experts (0: --emsize, as the MoS code)"}
+    )
+    dropoutl: float = field(
+        default=-1.0,
+        metadata={"help": "locked dropout on the MoS experts' latent vectors (negative: --dropouth, as the MoS code)"},
     )
 
 
@@ -74,27 +87,67 @@ def build_embedding_and_output(decoder: RecurrentDecoder, dictionary, cfg, out_d
     decoder.split_softmax = SplitSoftmax(out_dim, splits)
 
 
+def build_mixture_of_softmaxes(decoder: RecurrentDecoder, cfg, last_size: int):
+    """``decoder.mixture_of_softmaxes`` when ``--n-experts`` > 0 (else None); the split softmax must be off."""
+    decoder.mixture_of_softmaxes = None
+    if getattr(cfg, "n_experts", 0) <= 0:
+        if getattr(cfg, "nhidlast", 0) > 0:
+            raise AwdUserError("--nhidlast sizes the last layer of a mixture of softmaxes: add --n-experts K")
+        return
+    if decoder.split_softmax.nclusters > 1:
+        raise AwdUserError(
+            f"the split softmax (--splits {cfg.splits}: {decoder.split_softmax.splits}) and the mixture of softmaxes "
+            "(--n-experts) cannot be combined: pass --splits none"
+        )
+    dropoutl = cfg.dropouth if cfg.dropoutl < 0 else cfg.dropoutl
+    check_range("dropoutl", dropoutl, 0.0, 1.0)
+    decoder.mixture_of_softmaxes = MixtureOfSoftmaxes(last_size, cfg.emsize, cfg.n_experts, dropoutl)
+
+
+def last_layer_size(cfg) -> int:
+    """The last layer's width: nhidlast (MoS), else nhid when untied, else emsize (tied)."""
+    if getattr(cfg, "n_experts", 0) > 0:
+        return cfg.nhidlast if cfg.nhidlast > 0 else cfg.emsize
+    return cfg.nhid if cfg.untie_weights else cfg.emsize
+
+
 class AwdDecoder(RecurrentDecoder):
     """The AWD stack shared by AWD-LSTM and AWD-QRNN (REFERENCE §2.1, §6.2).
 
     Subclasses say how to build layer ``index`` (:meth:`make_layer`), run it over a
     window from its state (:meth:`run_layer`) and make its zero state (:meth:`init_state`).
+    With ``--n-experts`` the output goes through a mixture of softmaxes instead of the
+    (split) softmax: :meth:`output_layer` and :meth:`nll` are the decoder interface's
+    hooks that the criterion, ``get_normalized_probs`` (eval-lm, pointer, sampling) use.
     """
 
     def __init__(self, cfg: AwdLstmConfig, dictionary):
         super().__init__(dictionary)
         check_sizes(cfg, ["emsize", "nhid", "nlayers"])
         check_dropouts(cfg, ["dropout", "dropouth", "dropouti", "dropoute", "wdrop"])
-        self.sizes = [cfg.nhid] * (cfg.nlayers - 1) + [cfg.nhid if cfg.untie_weights else cfg.emsize]
+        self.sizes = [cfg.nhid] * (cfg.nlayers - 1) + [last_layer_size(cfg)]
         inputs = [cfg.emsize] + self.sizes[:-1]
         self.rnns = nn.ModuleList(
             self.make_layer(index, i, h, cfg) for index, (i, h) in enumerate(zip(inputs, self.sizes))
         )
-        build_embedding_and_output(self, dictionary, cfg, self.sizes[-1])
+        uses_mos = getattr(cfg, "n_experts", 0) > 0
+        build_embedding_and_output(self, dictionary, cfg, cfg.emsize if uses_mos else self.sizes[-1])
+        build_mixture_of_softmaxes(self, cfg, self.sizes[-1])
         self.embedding_dropout = EmbeddingDropout(cfg.dropoute)
         self.input_dropout = LockedDropout(cfg.dropouti)
         self.hidden_dropout = LockedDropout(cfg.dropouth)
         self.output_dropout = LockedDropout(cfg.dropout)
+
+    def output_layer(self, features):
+        if self.mixture_of_softmaxes is None:
+            return super().output_layer(features)
+        # log-probabilities: fairseq's log_softmax over them (get_normalized_probs) changes nothing
+        return self.mixture_of_softmaxes.log_prob(features, self.output_projection.weight, self.output_projection.bias)
+
+    def nll(self, features, targets):
+        if self.mixture_of_softmaxes is None:
+            return super().nll(features, targets)
+        return self.mixture_of_softmaxes.nll(features, targets, self.output_projection.weight, self.output_projection.bias)
 
     def make_layer(self, index: int, input_size: int, hidden_size: int, cfg) -> nn.Module:
         raise NotImplementedError
@@ -170,3 +223,31 @@ def awd_lstm_enwik8(cfg):
     cfg.dropouti = getattr(cfg, "dropouti", 0.1)
     cfg.dropout = getattr(cfg, "dropout", 0.4)
     cfg.wdrop = getattr(cfg, "wdrop", 0.2)
+
+
+# Mixture of Softmaxes (Yang et al. 2018): the published commands of zihangdai/mos's README
+# (the other options keep the AWD-LSTM defaults, as main.py's do).
+@register_model_architecture("awd_lstm", "awd_lstm_mos_ptb")
+def awd_lstm_mos_ptb(cfg):
+    # --dropouti 0.4 --dropoutl 0.29 --dropouth 0.225 --nhid 960 --nhidlast 620 --emsize 280 --n_experts 15
+    # (training: --seed 28 --batch_size 12 --lr 20.0 --epoch 1000; examples/awd_lstm_mos.sh)
+    cfg.emsize = getattr(cfg, "emsize", 280)
+    cfg.nhid = getattr(cfg, "nhid", 960)
+    cfg.nhidlast = getattr(cfg, "nhidlast", 620)
+    cfg.n_experts = getattr(cfg, "n_experts", 15)
+    cfg.dropouti = getattr(cfg, "dropouti", 0.4)
+    cfg.dropouth = getattr(cfg, "dropouth", 0.225)
+    cfg.dropoutl = getattr(cfg, "dropoutl", 0.29)
+
+
+@register_model_architecture("awd_lstm", "awd_lstm_mos_wt2")
+def awd_lstm_mos_wt2(cfg):
+    # --dropouth 0.2 --n_experts 15 --nhid 1150 --nhidlast 650 --emsize 300 --dropoutl 0.29 --dropouti 0.55
+    # (training: --seed 1882 --batch_size 15 --lr 15.0 --max_seq_len_delta 20 --epochs 1000)
+    cfg.emsize = getattr(cfg, "emsize", 300)
+    cfg.nhid = getattr(cfg, "nhid", 1150)
+    cfg.nhidlast = getattr(cfg, "nhidlast", 650)
+    cfg.n_experts = getattr(cfg, "n_experts", 15)
+    cfg.dropouti = getattr(cfg, "dropouti", 0.55)
+    cfg.dropouth = getattr(cfg, "dropouth", 0.2)
+    cfg.dropoutl = getattr(cfg, "dropoutl", 0.29)
