@@ -4,7 +4,8 @@
 #   bash examples/awd_lstm_mos.sh ptb      (or wt2)
 #
 # Published figures (perplexity, test; the paper, PyTorch 0.2):
-#   PTB  (21.5M parameters, "22M"): 55.97 before finetuning; 54.44 after (val 56.54); 47.69 with dynamic evaluation
+#   PTB  (21.5M parameters, "22M"): 55.97 before finetuning (as issue #15 cites it); 54.44 after (val 56.54);
+#        47.69 with dynamic evaluation
 #   WT2  (34.9M parameters, "35M"): 61.45 after finetuning (val 63.88); 40.68 with dynamic evaluation
 # The authors' README for their PyTorch 0.4.1 code (PTB): 58.34 / 56.18 (val / test) before
 # finetuning, 56.83 / 54.64 after, 49.03 / 48.43 with dynamic evaluation.
