@@ -3,7 +3,8 @@ equation, the decoder interface (criterion, eval-lm, pointer, sampling) and a fa
 
 tests/data/mos_tiny.pt holds the weights, inputs and outputs of zihangdai/mos's ``model.py``
 (run unmodified on torch 2.13 in a scratch folder: 3 layers 6/8/7, 3 experts, 20 words, every
-parameter perturbed, eval mode, two windows with the state carried).
+parameter perturbed, eval mode, two windows with the state carried; and one training step from
+seed 99: log-probabilities, main.py's loss and its gradients).
 """
 
 import argparse
@@ -32,22 +33,24 @@ def tiny_cfg(**kw):
     return model_cfg(AwdLstmConfig, **{**base, **kw})
 
 
-def authors_decoder(g):
-    c = g["config"]
-    dec = AwdLstmDecoder(tiny_cfg(emsize=c["ninp"], nhid=c["nhid"], nhidlast=c["nhidlast"], nlayers=c["nlayers"],
-                                  n_experts=c["n_experts"], wdrop=0.5), dictionary_of_size(c["ntoken"]))
-    names = {"encoder.weight": "embed_tokens.weight", "decoder.weight": "output_projection.weight",
+NAMES = {"encoder.weight": "embed_tokens.weight", "decoder.weight": "output_projection.weight",
              "decoder.bias": "output_projection.bias", "prior.weight": "mixture_of_softmaxes.prior.weight",
              "latent.0.weight": "mixture_of_softmaxes.latent.weight",
              "latent.0.bias": "mixture_of_softmaxes.latent.bias"}
-    mapped = {}
-    for key, value in g["state_dict"].items():
-        if key in names:
-            mapped[names[key]] = value
-        else:  # rnns.l.weight_hh_l0 → rnns.l.module.weight_hh_l0 (our WeightDrop wrapper)
-            layer, rest = key[len("rnns."):].split(".", 1)
-            mapped[f"rnns.{layer}.module.{rest}"] = value
-    dec.load_state_dict(mapped)
+
+
+def our_name(key):
+    if key in NAMES:
+        return NAMES[key]
+    layer, rest = key[len("rnns."):].split(".", 1)  # rnns.l.weight_hh_l0 → rnns.l.module.weight_hh_l0 (WeightDrop)
+    return f"rnns.{layer}.module.{rest}"
+
+
+def authors_decoder(g, wdrop=0.5, **dropouts):
+    c = g["config"]
+    dec = AwdLstmDecoder(tiny_cfg(emsize=c["ninp"], nhid=c["nhid"], nhidlast=c["nhidlast"], nlayers=c["nlayers"],
+                                  n_experts=c["n_experts"], wdrop=wdrop, **dropouts), dictionary_of_size(c["ntoken"]))
+    dec.load_state_dict({our_name(k): v for k, v in g["state_dict"].items()})
     return dec.eval()
 
 
@@ -70,6 +73,27 @@ def test_matches_the_authors_code_over_two_windows_with_carried_state():
             nll = dec.nll(dropped.transpose(0, 1), targets)
             ref = -want["log_probs"].transpose(0, 1).gather(2, targets.unsqueeze(2)).reshape(-1)
             assert torch.allclose(nll, ref, atol=1e-5)
+
+
+def test_training_step_matches_the_authors_code_masks_loss_and_gradients():
+    """Same seed, same mask draws (embedding rows, locked masks 1×B×H, then dropoutl's 1×B×K·E):
+    main.py's loss (NLL + AR + TAR) and every gradient agree with our criterion's."""
+    from awd_plugins.criterions.split_cross_entropy import SplitCrossEntropyCriterion
+
+    g = torch.load(DATA, weights_only=True)
+    ref = g["train"]
+    dec = authors_decoder(g, wdrop=0.0, **ref["dropouts"]).train()
+    model = AwdLstmModel(dec).train()
+    tokens, targets = g["w1"]["tokens"].t(), g["w2"]["tokens"].t()  # batch-first, as fairseq's samples
+    sample = {"net_input": {"src_tokens": tokens}, "target": targets, "ntokens": targets.numel(),
+              "nsentences": targets.size(0)}
+    torch.manual_seed(ref["seed"])
+    loss, sample_size, _ = SplitCrossEntropyCriterion(None, alpha=2.0, beta=1.0)(model, sample)
+    (loss / sample_size).backward()  # fairseq divides the gradient by the sample size
+    assert torch.allclose(loss / sample_size, ref["loss"], atol=1e-5)
+    params = dict(dec.named_parameters())
+    for key, grad in ref["grads"].items():
+        assert torch.allclose(params[our_name(key)].grad, grad, atol=1e-5), key
 
 
 def test_head_is_the_papers_mixture_and_dropoutl_is_locked_over_time():
