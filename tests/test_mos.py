@@ -219,3 +219,20 @@ def test_fairseq_train_finetune_eval_lm_with_pointer(small_bin, run_cli, tmp_pat
     _, hidden, probs = per_token_loop(model, stream)
     ref = naive_pointer(probs, hidden, stream[1:], 30, 0.5, 0.2, 50)
     assert abs(ref.double().mean().item() / math.log(2) - float(m.group(1))) < 2e-4
+
+
+def test_fairseqs_own_cross_entropy_criterion_sees_the_same_distribution():
+    """fairseq's ``cross_entropy`` normalises the head's output again (log_softmax of log-probabilities
+    changes nothing), so it scores exactly what ``split_cross_entropy`` scores without AR/TAR."""
+    from fairseq.criterions.cross_entropy import CrossEntropyCriterion
+
+    from awd_plugins.criterions.split_cross_entropy import SplitCrossEntropyCriterion
+
+    torch.manual_seed(0)
+    d = dictionary_of_size(24)
+    model = AwdLstmModel(AwdLstmDecoder(tiny_cfg(), d)).eval()
+    tokens, targets = torch.randint(4, 24, (2, 7)), torch.randint(4, 24, (2, 7))
+    sample = {"net_input": {"src_tokens": tokens}, "target": targets, "ntokens": 14, "nsentences": 2}
+    ours, _, _ = SplitCrossEntropyCriterion(None, 0.0, 0.0)(model, sample)
+    theirs, _, _ = CrossEntropyCriterion(SimpleNamespace(target_dictionary=d), False)(model, sample)
+    assert torch.allclose(ours, theirs, atol=1e-4)
