@@ -103,6 +103,11 @@ def test_rounds_gate_alternately_and_low_rank_factors_have_rank_k():
     assert sum(p.numel() for p in full.rounds_gates.parameters()) == (7 * 5 + 5) + (5 * 7 + 7)
     # the paper's initial gates: zero bias, so 2σ(0) = 1 leaves x and h unchanged for zero weights
     assert all(torch.all(g.bias() == 0) for g in layer.rounds_gates)
+    # lamb's forget_bias: the decoder's layers start with the forget gate's bias shifted by +1
+    torch.manual_seed(0)
+    dec = tiny(nhid=64, emsize=64)
+    b = dec.rnns[0].bias_ih_l0.detach()
+    assert 0.9 < b[64:128].mean() < 1.1 and abs(b[:64].mean()) < 0.1 and abs(b[192:].mean()) < 0.1
 
 
 def test_state_dropout_is_one_mask_per_stream_for_the_whole_window():

@@ -14,9 +14,9 @@ and sampling work as for AWD-LSTM. The named configurations are the authors' tun
 and ``tune_wikitext-2_35m_lstm_mos2_fm_d2_arms/trial_747``): 2 layers, 5 rounds of rank 84
 (PTB) / 6 rounds of rank 48 with a 2-expert MoS (WikiText-2), lamb's ``lstm_skip_connection``
 (the output is the sum of the layers' outputs; --no-skip-connections turns it off), its
-capped input gate (--uncapped-input-gate: the standard LSTM cell) and its dropout
-rates, with the hidden size lamb's budget rule gives (the largest size whose parameter
-count stays under 24M / 35M for the 10k / 33,278-word vocabularies: 912 and 1366).
+capped input gate (--uncapped-input-gate: the standard LSTM cell), its forget-gate bias
+initialisation (+1) and its dropout rates, with the hidden size lamb's budget rule gives
+(the largest size whose parameter count stays under 24M / 35M for the 10k / 33,278-word vocabularies: 912 and 1366).
 
 Not reproduced: lamb draws its input/inter-layer/output dropout masks anew at every time
 step; the AWD stack's locked masks are kept (one per stream and window). Embedding and
@@ -81,7 +81,7 @@ class MogrifierLstmDecoder(AwdDecoder):
 
     def make_layer(self, index, input_size, hidden_size, cfg):
         layer = MogrifierLSTM(input_size, hidden_size, cfg.mogrifier_rounds, cfg.mogrifier_rank,
-                              not cfg.uncapped_input_gate, cfg.state_dropout)
+                              not cfg.uncapped_input_gate, cfg.state_dropout, forget_bias=1.0)
         return WeightDrop(layer, ["weight_hh_l0"], cfg.wdrop) if cfg.wdrop > 0 else layer
 
     def run_layer(self, rnn, x, state):

@@ -16,7 +16,8 @@ have nn.LSTM's names, shapes and gate order (i, f, g, o).
 
 Options of the authors' cell kept here: ``cap_input_gate`` (c = f⊙c + min(i, 1−f)⊙g, lamb's
 default and the published configs') and the *state dropout*: one Bernoulli mask per stream
-for the whole window, applied to h_prev before the rounds (lamb's ``state_dropout``).
+for the whole window, applied to h_prev before the rounds (lamb's ``state_dropout``), and
+``forget_bias`` added to the forget gate's initial bias (lamb's ``forget_bias``: 1.0).
 
 The rounds depend on h_prev, so no part of a step after round 1 can be computed for all
 time steps at once; what does not depend on the step is hoisted out of the loop (the
@@ -63,7 +64,7 @@ class MogrifierLSTM(nn.Module):
     """A single-layer Mogrifier LSTM over a time-major window: (T×B×m, ((1×B×n), (1×B×n))) → (T×B×n, state)."""
 
     def __init__(self, input_size: int, hidden_size: int, rounds: int = 5, rank: int = 0,
-                 cap_input_gate: bool = False, state_dropout: float = 0.0):
+                 cap_input_gate: bool = False, state_dropout: float = 0.0, forget_bias: float = 0.0):
         super().__init__()
         if rounds < 0 or rank < 0:
             raise ValueError(f"mogrifier rounds and rank must be >= 0, got {rounds} and {rank}")
@@ -77,6 +78,8 @@ class MogrifierLSTM(nn.Module):
         lstm = nn.LSTM(input_size, hidden_size)
         self.weight_ih_l0, self.weight_hh_l0 = lstm.weight_ih_l0, lstm.weight_hh_l0
         self.bias_ih_l0, self.bias_hh_l0 = lstm.bias_ih_l0, lstm.bias_hh_l0
+        with torch.no_grad():
+            self.bias_ih_l0[hidden_size : 2 * hidden_size] += forget_bias  # gate order i, f, g, o
         # round i (1-based): odd → Q^i gates x from h, even → R^i gates h from x
         self.rounds_gates = nn.ModuleList(
             MogrifierGate(hidden_size, input_size, rank) if i % 2 == 1 else MogrifierGate(input_size, hidden_size, rank)
