@@ -25,8 +25,8 @@ from fairseq.data import Dictionary
 from omegaconf import OmegaConf
 
 from awd_plugins.models import awd_lstm, mogrifier_lstm
-from awd_plugins.models.awd_lstm import AwdLstmConfig, AwdLstmDecoder, AwdLstmModel
-from awd_plugins.models.mogrifier_lstm import MogrifierLstmConfig, MogrifierLstmDecoder, MogrifierLstmModel
+from awd_plugins.models.awd_lstm import AwdLstmConfig, AwdLstmModel
+from awd_plugins.models.mogrifier_lstm import MogrifierLstmConfig, MogrifierLstmModel
 
 
 def dictionary(n):

@@ -15,7 +15,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from awd_plugins.errors import AwdUserError
 from awd_plugins.models.awd_lstm import (
