@@ -17,8 +17,8 @@ reported in one warning, and from then on every recurrence of the process uses t
 
 import functools
 import importlib.util
+import logging
 import os
-import warnings
 from typing import Callable
 
 import torch
@@ -31,6 +31,7 @@ RECURRENCE_IMPL_HELP = (
     "under TRITON_INTERPRET=1), 'auto' (Triton on CUDA when it imports, else torch)"
 )
 
+logger = logging.getLogger(__name__)
 _state = {"failed": None}  # the exception that disabled the kernels in this process, if any
 
 
@@ -76,14 +77,14 @@ def use_triton(impl: str, like: torch.Tensor) -> bool:
 
 
 def disable(error: BaseException):
-    """Record a kernel failure: one warning, then the torch code for the rest of the process."""
+    """Record a kernel failure: one logged warning (in the training log, whatever
+    PYTHONWARNINGS says), then the torch code for the rest of the process."""
     if _state["failed"] is None:
         _state["failed"] = error
-        warnings.warn(
-            f"Triton recurrence kernel unavailable ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); "
-            "falling back to --recurrence-impl torch for this run",
-            RuntimeWarning,
-            stacklevel=3,
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        logger.warning(
+            f"Triton recurrence kernel unavailable ({type(error).__name__}: {first_line}); "
+            "falling back to --recurrence-impl torch for this run"
         )
 
 

@@ -10,6 +10,10 @@ reference of the same equations is :func:`awd_plugins.kernels.forget_mult.forget
 
 import triton.language as tl
 
+# Only triton.language builtins below (no @triton.jit helpers such as tl.sigmoid or tl.zeros):
+# those are compiled or interpreted according to TRITON_INTERPRET when triton is first imported,
+# and the interpreter could not run them if triton was imported before the variable was set.
+
 
 def forget_mult_forward_kernel(f_ptr, z_ptr, c0_ptr, c_ptr, T, N, BLOCK: tl.constexpr):
     # c_t = f_t z_t + (1 − f_t) c_{t−1} = c_{t−1} + f_t (z_t − c_{t−1}),  c_{−1} = c0
@@ -35,8 +39,8 @@ def forget_mult_backward_kernel(f_ptr, z_ptr, c0_ptr, c_ptr, gc_ptr, df_ptr, dz_
     #   G_t = ∂c_t + (1 − f_{t+1}) G_{t+1};  ∂z_t = f_t G_t;  ∂f_t = (z_t − c_{t−1}) G_t;  ∂c0 = (1 − f_0) G_0
     cols = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     live = cols < N
-    G = tl.zeros([BLOCK], dtype=tl.float32)
-    keep_next = tl.zeros([BLOCK], dtype=tl.float32)  # 1 − f_{t+1}; nothing follows the last step
+    G = tl.full([BLOCK], 0.0, tl.float32)
+    keep_next = tl.full([BLOCK], 0.0, tl.float32)  # 1 − f_{t+1}; nothing follows the last step
     last = (T - 1) * N + cols
     f_ptrs = f_ptr + last
     z_ptrs = z_ptr + last
@@ -49,7 +53,7 @@ def forget_mult_backward_kernel(f_ptr, z_ptr, c0_ptr, c_ptr, gc_ptr, df_ptr, dz_
         t = T - 1 - i
         f = tl.load(f_ptrs, mask=live, other=0.0).to(tl.float32)
         z = tl.load(z_ptrs, mask=live, other=0.0).to(tl.float32)
-        has_prev = (tl.zeros([BLOCK], dtype=tl.int32) + t) > 0  # t as a vector: a mask both compiled and interpreted
+        has_prev = (tl.full([BLOCK], 0, tl.int32) + t) > 0  # t as a vector: a mask both compiled and interpreted
         c_prev = tl.load(c_prev_ptrs, mask=live & has_prev, other=0.0).to(tl.float32)
         c_prev = tl.where(has_prev, c_prev, c0)
         G = tl.load(gc_ptrs, mask=live, other=0.0).to(tl.float32) + keep_next * G

@@ -21,6 +21,11 @@ the backward. The torch reference is
 
 import triton.language as tl
 
+# Only triton.language builtins below (no @triton.jit helpers such as tl.sigmoid or tl.zeros):
+# those are compiled or interpreted according to TRITON_INTERPRET when triton is first imported,
+# and the interpreter could not run them if triton was imported before the variable was set.
+
+
 
 def sru_forward_kernel(u_ptr, fr_ptr, rr_ptr, x_ptr, wc_ptr, bias_ptr, mask_ptr, pad_ptr, c_ptr, h_ptr,
                        T, B, D, su_t, su_b, sf_t, sf_b, sr_t, sr_b, sx_t, sx_b,
@@ -49,8 +54,8 @@ def sru_forward_kernel(u_ptr, fr_ptr, rr_ptr, x_ptr, wc_ptr, bias_ptr, mask_ptr,
     for _ in range(T):
         u = tl.load(u_ptrs, mask=live, other=0.0).to(tl.float32)
         x = tl.load(x_ptrs, mask=live, other=0.0).to(tl.float32)
-        f = tl.sigmoid(tl.load(f_ptrs, mask=live, other=0.0).to(tl.float32) + v_f * c + b_f)
-        r = tl.sigmoid(tl.load(r_ptrs, mask=live, other=0.0).to(tl.float32) + v_r * c + b_r)
+        f = 1.0 / (1.0 + tl.exp(-(tl.load(f_ptrs, mask=live, other=0.0).to(tl.float32) + v_f * c + b_f)))  # σ
+        r = 1.0 / (1.0 + tl.exp(-(tl.load(r_ptrs, mask=live, other=0.0).to(tl.float32) + v_r * c + b_r)))  # σ
         c_new = (c - u) * f + u
         h = (c_new - x) * m * r + x
         if HAS_PAD:
@@ -92,10 +97,10 @@ def sru_backward_kernel(u_ptr, fr_ptr, rr_ptr, x_ptr, wc_ptr, bias_ptr, mask_ptr
     else:
         m = tl.full([BLOCK], 1.0, tl.float32)
     g = tl.load(gc_last_ptr + cols, mask=live, other=0.0).to(tl.float32)
-    g_vf = tl.zeros([BLOCK], dtype=tl.float32)
-    g_vr = tl.zeros([BLOCK], dtype=tl.float32)
-    g_bf = tl.zeros([BLOCK], dtype=tl.float32)
-    g_br = tl.zeros([BLOCK], dtype=tl.float32)
+    g_vf = tl.full([BLOCK], 0.0, tl.float32)
+    g_vr = tl.full([BLOCK], 0.0, tl.float32)
+    g_bf = tl.full([BLOCK], 0.0, tl.float32)
+    g_br = tl.full([BLOCK], 0.0, tl.float32)
     last = T - 1
     u_ptrs = u_ptr + last * su_t + b * su_b + j
     f_ptrs = fr_ptr + last * sf_t + b * sf_b + j
@@ -115,8 +120,8 @@ def sru_backward_kernel(u_ptr, fr_ptr, rr_ptr, x_ptr, wc_ptr, bias_ptr, mask_ptr
         u = tl.load(u_ptrs, mask=live, other=0.0).to(tl.float32)
         x = tl.load(x_ptrs, mask=live, other=0.0).to(tl.float32)
         gh = tl.load(gh_ptrs, mask=live, other=0.0).to(tl.float32)
-        f = tl.sigmoid(tl.load(f_ptrs, mask=live, other=0.0).to(tl.float32) + v_f * c_prev + b_f)
-        r = tl.sigmoid(tl.load(r_ptrs, mask=live, other=0.0).to(tl.float32) + v_r * c_prev + b_r)
+        f = 1.0 / (1.0 + tl.exp(-(tl.load(f_ptrs, mask=live, other=0.0).to(tl.float32) + v_f * c_prev + b_f)))  # σ
+        r = 1.0 / (1.0 + tl.exp(-(tl.load(r_ptrs, mask=live, other=0.0).to(tl.float32) + v_r * c_prev + b_r)))  # σ
         g_rpre = gh * (c - x) * m * r * (1.0 - r)
         g_c = gh * m * r + g
         g_fpre = g_c * (c_prev - u) * f * (1.0 - f)
