@@ -353,3 +353,24 @@ def test_fairseq_train_triton_equals_torch(arch, small_bin, run_cli, tmp_path):
         assert out.returncode == 2
         assert "error: --recurrence-impl triton runs on CUDA tensors (this one is on cpu)" in out.stdout
         assert "Traceback" not in out.stdout
+
+
+def test_sru_layer_under_bf16_autocast_mixed_dtypes():
+    # autocast: U comes out of the transform in bf16 while x, c0, v, b and the mask stay fp32; the
+    # kernels read each in its own dtype and give every gradient in its input's dtype
+    torch.manual_seed(0)
+    layer = SRULayer(6, 6, dropout=0.2)
+    x, c0 = torch.randn(5, 3, 6, requires_grad=True), torch.randn(3, 6, requires_grad=True)
+    outs = {}
+    for impl in ("torch", "triton"):
+        layer.recurrence_impl = impl
+        torch.manual_seed(1)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            h, c = layer(x, c0)
+        assert h.dtype == c.dtype == torch.bfloat16
+        grads_ = torch.autograd.grad(h.float().pow(2).sum() + c.float().sum(), [x, c0, layer.weight_c, layer.bias])
+        assert [g.dtype for g in grads_] == [torch.float32] * 4
+        outs[impl] = (h.float(), c.float(), *grads_)
+    for a, b in zip(outs["torch"], outs["triton"]):
+        # the torch code rounds x, c0, v, b to bf16 first (the reference's amp_recurrence_fp16); the kernel does not
+        torch.testing.assert_close(a, b, atol=5e-2, rtol=5e-2)
