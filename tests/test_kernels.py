@@ -374,3 +374,19 @@ def test_sru_layer_under_bf16_autocast_mixed_dtypes():
     for a, b in zip(outs["torch"], outs["triton"]):
         # the torch code rounds x, c0, v, b to bf16 first (the reference's amp_recurrence_fp16); the kernel does not
         torch.testing.assert_close(a, b, atol=5e-2, rtol=5e-2)
+
+
+def test_qrnn_layer_under_bf16_autocast():
+    # bf16 gates with an fp32 carried state: both implementations run and agree within bf16 rounding
+    torch.manual_seed(0)
+    layer = QRNNLayer(4, 5, window=2)
+    x, c0 = torch.randn(6, 2, 4, requires_grad=True), torch.randn(1, 2, 5, requires_grad=True)
+    outs = {}
+    for impl in ("torch", "triton"):
+        layer.recurrence_impl = impl
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            h, c = layer(x, c0)
+        assert h.dtype == torch.bfloat16
+        outs[impl] = (h.float(), c.float(), *torch.autograd.grad(h.float().pow(2).sum(), [x, c0]))
+    for a, b in zip(outs["torch"], outs["triton"]):
+        torch.testing.assert_close(a, b, atol=3e-2, rtol=3e-2)

@@ -219,7 +219,8 @@ class QRNNLayer(nn.Module):
                 f = f * (1.0 - self.zoneout)
         c = forget_mult_triton(f, z, hidden) if use_triton(self.recurrence_impl, f) else None
         if c is None:  # torch code (or a kernel that could not compile: already warned)
-            c = forget_mult(f, z, hidden, self.forget_mult_impl)
+            # under autocast the gates are fp16/bf16 while a carried state may be fp32: one dtype for the loops
+            c = forget_mult(f, z, None if hidden is None else hidden.to(f.dtype), self.forget_mult_impl)
         h = torch.sigmoid(gates[2]) * c if self.output_gate else c
         return h, c[-1:]
 
