@@ -19,7 +19,7 @@ setup(
         "tensorboardX",
         "matplotlib",
     ],
-    extras_require={"test": ["pytest"]},
+    extras_require={"test": ["pytest", 'triton; platform_system == "Linux" and platform_machine == "x86_64"']},
     entry_points={
         "console_scripts": [
             "awd-help=awd_plugins.cli.help:cli_main",

@@ -1,4 +1,5 @@
-"""The compatibility shims the plugin applies at import (FAIRSEQ_NOTES §6, §11).
+"""The compatibility shims the plugin applies at import (FAIRSEQ_NOTES §6, §11; the
+``--amp`` unscale: issue #11).
 
 Each answers one upstream break of fairseq 0.12.x on current torch/numpy; nothing
 else in fairseq is patched.
@@ -6,6 +7,7 @@ else in fairseq is patched.
 
 import argparse
 import collections
+import logging
 import types
 import typing
 
@@ -41,6 +43,43 @@ def restore_numpy_compat():
         np.compat = types.SimpleNamespace(long=np.int64)
 
 
+def _amp_clip_grad_norm(self, max_norm, aggregate_norm_fn=None):
+    """fairseq's ``AMPOptimizer.clip_grad_norm`` with the gradients unscaled through the
+    object that ``step()`` hands to the scaler (the fairseq optimizer), so that the
+    scaler's per-optimizer record says "already unscaled" when it steps."""
+    self.scaler.unscale_(self.fp32_optimizer)
+    grad_norm = self.fp32_optimizer.clip_grad_norm(max_norm, aggregate_norm_fn)
+    if not torch.isfinite(grad_norm).all():
+        # the scaler skips this step and lowers the scale; fairseq's rule for giving up
+        next_scale = self.next_loss_scale
+        if next_scale <= self.min_loss_scale:
+            raise FloatingPointError(
+                f"AMP: minimum loss scale reached ({self.min_loss_scale}); the loss is probably exploding. "
+                "Restart the training or use fp32."
+            )
+        logging.getLogger("fairseq.optim.amp_optimizer").info(f"AMP: overflow detected, setting scale to {next_scale}")
+    return grad_norm
+
+
+def amp_single_unscale():
+    """fairseq 0.12's ``--amp`` divides the gradients by the loss scale twice: its
+    ``AMPOptimizer.clip_grad_norm`` unscales the *inner* torch optimizer
+    (``scaler.unscale_(self.optimizer)``) while ``step()`` calls
+    ``scaler.step(self.fp32_optimizer)``, a different object, which the scaler has not
+    seen unscaled and so unscales again. Every optimizer then steps with
+    grad / scale (SGD/NT-ASGD and RAdam: lr / scale; LAMB's Adam ratio drowned by ε).
+    The shim unscales the fairseq optimizer in ``clip_grad_norm`` (fairseq's trainer
+    calls it on every update, with ``--clip-norm 0`` too), the same object that
+    ``step()`` passes, so the scaler unscales exactly once and steps it exactly once
+    (``tests/test_amp.py``)."""
+    from fairseq.optim.amp_optimizer import AMPOptimizer
+
+    if AMPOptimizer.clip_grad_norm is not _amp_clip_grad_norm:
+        AMPOptimizer.fairseq_clip_grad_norm = AMPOptimizer.clip_grad_norm  # kept for the test that shows the defect
+        AMPOptimizer.clip_grad_norm = _amp_clip_grad_norm
+
+
 def apply():
     restore_numpy_compat()
     allow_checkpoint_globals()
+    amp_single_unscale()

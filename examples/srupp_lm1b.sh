@@ -16,8 +16,9 @@
 #            --attn_every_n_layers 5 for large)
 # Flag by flag: as examples/srupp_enwik8.sh, plus: the vocabulary (prepare_corpus.py: 1b_word_vocab.txt) →
 # preprocess/prepare_lm1b.py, which saves it and binarizes with --srcdict; adaptive input/softmax (cutoffs
-# 59998,159998, embeddings tied, projections not) → in the named architecture; criterion → adaptive_loss (needs
-# --ddp-backend legacy_ddp; see examples/srupp_wt103.sh for its tail-word quirk); --batch_size 128 (large 192) →
+# 59998,159998, embeddings tied, projections not) → in the named architecture; loss → --criterion
+# split_cross_entropy --alpha 0 --beta 0 with --ddp-backend legacy_ddp (fp32 sum; not fairseq's adaptive_loss, whose
+# fp16 sum overflows under --fp16: see examples/srupp_wt103.sh); --batch_size 128 (large 192) →
 # --batch-size; --unroll_size 64 → --bptt 64; --eval_batch_size 8 → --eval-batch-size 8; --max_iter 800000 →
 # --max-update 800000; --lr 0.0002 → --lr 0.0002. The reference reshuffles the sentences at every pass; here the
 # shuffled order is drawn once by prepare_lm1b.py.
@@ -32,7 +33,7 @@ SAVE=${SAVE:-checkpoints/srupp_lm1b_$SIZE}
 if [ "$SIZE" = base ]; then BSZ=128; else BSZ=192; fi
 
 fairseq-train "$DATA" --user-dir awd_plugins --task awd_language_modeling --arch srupp_lm1b_$SIZE \
-  --criterion adaptive_loss --ddp-backend legacy_ddp \
+  --criterion split_cross_entropy --alpha 0 --beta 0 --ddp-backend legacy_ddp \
   --optimizer radam_decoupled --weight-decay 0.1 --lr 0.0002 --clip-norm 1.0 \
   --lr-scheduler srupp_cosine --warmup-updates 16000 --max-update 800000 \
   --batch-size $BSZ --bptt 64 --fixed-bptt --no-lr-rescale --eval-batch-size 8 \

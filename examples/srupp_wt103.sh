@@ -18,12 +18,15 @@
 #            --attn_dropout 0.2 --emb_dropout 0.2 --unroll_size 1024 --fp16
 #   eval:  train_wt103.py --load base_model.pt --max_iter 0 --eval_unroll_size 2560   (+ --n_d/--n_proj for large)
 # Flag by flag: as examples/srupp_enwik8.sh, plus: adaptive input/softmax (cutoffs 19997,39997,199997, n_e 1024,
-# div_val 4, embeddings and projections tied) → in the named architecture, criterion → fairseq's adaptive_loss
-# (needs --ddp-backend legacy_ddp); the warmup lr·n/16000 of train_wt103.py (first update at lr 0) →
+# div_val 4, embeddings and projections tied) → in the named architecture; the reference's adaptive
+# log-softmax loss → --criterion split_cross_entropy --alpha 0 --beta 0 (the same cross-entropy through the
+# model's adaptive softmax, summed in fp32; --ddp-backend legacy_ddp because a batch may leave a tail band
+# unused); the warmup lr·n/16000 of train_wt103.py (first update at lr 0) →
 # --warmup-from-zero; --batch_size 8 → --batch-size 8; --unroll_size 768 (large 1024) → --bptt.
-# fairseq's adaptive_loss gives no loss to the word at index cutoff+1 of each tail band (it passes ignore_index=pad
-# to the band-relative targets); --criterion split_cross_entropy --alpha 0 --beta 0 (with --ddp-backend of your
-# choice) trains every word.
+# Not fairseq's adaptive_loss: under --fp16 it sums the token losses in fp16, which overflows to inf past
+# ~65504 nats (8 streams × 768 tokens × ~10 nats early in training), and it gives no loss to the word at
+# index cutoff+1 of each tail band (it passes ignore_index=pad to the band-relative targets); split_cross_entropy
+# trains every word, as the reference (tests/test_fp16_losses.py).
 set -euo pipefail
 SIZE=${SIZE:-base}
 DATA=${DATA:-data-bin/wikitext-103}
@@ -34,7 +37,7 @@ SAVE=${SAVE:-checkpoints/srupp_wt103_$SIZE}
 if [ "$SIZE" = base ]; then BPTT=768; else BPTT=1024; fi
 
 fairseq-train "$DATA" --user-dir awd_plugins --task awd_language_modeling --arch srupp_wt103_$SIZE \
-  --criterion adaptive_loss --ddp-backend legacy_ddp \
+  --criterion split_cross_entropy --alpha 0 --beta 0 --ddp-backend legacy_ddp \
   --optimizer radam_decoupled --weight-decay 0.1 --lr 0.0003 --clip-norm 1.0 \
   --lr-scheduler srupp_cosine --warmup-updates 16000 --warmup-from-zero --max-update 400000 \
   --batch-size 8 --bptt $BPTT --fixed-bptt --no-lr-rescale --eval-batch-size 16 \

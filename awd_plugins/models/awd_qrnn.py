@@ -18,7 +18,10 @@ pointer work unchanged.
 
 from dataclasses import dataclass, field
 
+from fairseq.dataclass import ChoiceEnum
 from fairseq.models import register_model, register_model_architecture
+
+from awd_plugins.kernels import RECURRENCE_IMPL_HELP, RECURRENCE_IMPLS, check_impl
 
 from awd_plugins.models.awd_lstm import AwdDecoder, AwdLstmConfig
 from awd_plugins.models.recurrent_lm import RecurrentLanguageModel
@@ -35,12 +38,13 @@ class AwdQrnnConfig(AwdLstmConfig):
     wdrop: float = field(
         default=0.1, metadata={"help": "weight drop (DropConnect) on each QRNN layer's input-to-gates weight"}
     )
+    recurrence_impl: ChoiceEnum(RECURRENCE_IMPLS) = field(default="auto", metadata={"help": RECURRENCE_IMPL_HELP})
 
 
 class AwdQrnnDecoder(AwdDecoder):
     def make_layer(self, index, input_size, hidden_size, cfg):
         return QRNNLayer(input_size, hidden_size, window=2 if index == 0 else 1, output_gate=True, zoneout=0.0,
-                         weight_drop=cfg.wdrop)
+                         weight_drop=cfg.wdrop, recurrence_impl=check_impl(getattr(cfg, "recurrence_impl", "auto")))
 
     def run_layer(self, rnn, x, state):
         c, prev_x = state

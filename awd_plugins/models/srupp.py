@@ -46,13 +46,14 @@ from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
-from fairseq.dataclass import FairseqDataclass
+from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.models import register_model, register_model_architecture
 from fairseq.modules import AdaptiveInput, AdaptiveSoftmax
 from fairseq.modules.adaptive_softmax import TiedLinear
 from torch import nn
 
 from awd_plugins.errors import AwdUserError, check_range
+from awd_plugins.kernels import RECURRENCE_IMPL_HELP, RECURRENCE_IMPLS, check_impl
 from awd_plugins.models.recurrent_lm import RecurrentDecoder, RecurrentLanguageModel
 from awd_plugins.modules import SplitSoftmax
 from awd_plugins.modules.sru import SRU
@@ -95,6 +96,7 @@ class SruppConfig(FairseqDataclass):
         default=0,
         metadata={"help": "evaluation memory and same-length attention window (0 = --memory-len, or the window --bptt)"},
     )
+    recurrence_impl: ChoiceEnum(RECURRENCE_IMPLS) = field(default="auto", metadata={"help": RECURRENCE_IMPL_HELP})
 
 
 @dataclass
@@ -176,6 +178,7 @@ class SruDecoder(RecurrentDecoder):
         if cfg.memory_len < 0 or cfg.eval_memory_len < 0:
             raise AwdUserError("--memory-len and --eval-memory-len must be ≥ 0")
         d = cfg.n_d
+        impl = check_impl(getattr(cfg, "recurrence_impl", "auto"))
         self.attention = attention
         self.memory_len = cfg.memory_len
         self.eval_memory_len = cfg.eval_memory_len or cfg.memory_len
@@ -184,11 +187,13 @@ class SruDecoder(RecurrentDecoder):
                 raise AwdUserError(f"--n-proj ({cfg.n_proj}) must be positive and divisible by --attn-heads")
             self.rnn = SRUpp(d, d, cfg.n_proj, cfg.depth, dropout=rnn_dropout, attn_dropout=cfg.attn_dropout,
                              num_heads=cfg.attn_heads, highway_bias=cfg.highway_bias,
-                             attention_every_n_layers=cfg.attn_every, weight_c_init=cfg.weight_c_init)
+                             attention_every_n_layers=cfg.attn_every, weight_c_init=cfg.weight_c_init,
+                             recurrence_impl=impl)
             self.attends = list(self.rnn.attends)
         else:
             self.rnn = SRU(d, d, cfg.depth, dropout=rnn_dropout, highway_bias=cfg.highway_bias,
-                           projection_size=max(cfg.n_proj, 0), weight_c_init=cfg.weight_c_init)
+                           projection_size=max(cfg.n_proj, 0), weight_c_init=cfg.weight_c_init,
+                           recurrence_impl=impl)
             self.attends = [False] * cfg.depth
         self.drop = nn.Dropout(cfg.dropout)
         self._build_output(cfg, dictionary)

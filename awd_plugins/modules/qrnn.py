@@ -41,6 +41,8 @@ from typing import Optional
 import torch
 from torch import nn
 
+from awd_plugins.kernels import forget_mult_triton, use_triton
+
 from .weight_drop import WeightDrop
 
 FORGET_MULT_IMPLS = ("auto", "loop", "scan")
@@ -171,6 +173,7 @@ class QRNNLayer(nn.Module):
         zoneout: float = 0.0,
         weight_drop: float = 0.0,
         forget_mult_impl: str = "auto",
+        recurrence_impl: str = "auto",
     ):
         super().__init__()
         if window not in (1, 2):
@@ -182,6 +185,8 @@ class QRNNLayer(nn.Module):
         self.input_size, self.hidden_size = input_size, hidden_size
         self.window, self.output_gate, self.zoneout = window, output_gate, zoneout
         self.forget_mult_impl = forget_mult_impl
+        # "triton": the fused kernels of awd_plugins.kernels; "torch": forget_mult_impl above; "auto": see kernels.dispatch
+        self.recurrence_impl = recurrence_impl
         gates = 3 if output_gate else 2
         self.linear = WeightDrop(nn.Linear(window * input_size, gates * hidden_size), ["weight"], weight_drop)
 
@@ -212,7 +217,10 @@ class QRNNLayer(nn.Module):
                 f = f * torch.empty_like(f).bernoulli_(1.0 - self.zoneout)
             else:
                 f = f * (1.0 - self.zoneout)
-        c = forget_mult(f, z, hidden, self.forget_mult_impl)
+        c = forget_mult_triton(f, z, hidden) if use_triton(self.recurrence_impl, f) else None
+        if c is None:  # torch code (or a kernel that could not compile: already warned)
+            # under autocast the gates are fp16/bf16 while a carried state may be fp32: one dtype for the loops
+            c = forget_mult(f, z, None if hidden is None else hidden.to(f.dtype), self.forget_mult_impl)
         h = torch.sigmoid(gates[2]) * c if self.output_gate else c
         return h, c[-1:]
 

@@ -33,7 +33,9 @@ step, a linear recurrence) stay sequential, in TorchScript loops (no Python per
 time step, no autograd graph per step). The same code runs on CUDA tensors (the
 device check in :func:`sru_recurrence` only picks the loop implementation); it
 launches a few small kernels per step, correct but not a fused kernel.
-:func:`sru_recurrence_reference` is the plain per-step loop used by the tests.
+:func:`sru_recurrence_reference` is the plain per-step loop used by the tests
+(defined in :mod:`awd_plugins.kernels.sru_recurrence`, beside the fused Triton
+kernels that ``recurrence_impl="triton"`` runs).
 """
 
 import math
@@ -43,6 +45,8 @@ from typing import Callable, Optional, Tuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from awd_plugins.kernels import sru_recurrence_reference, sru_recurrence_triton, use_triton
 
 # -- the sequential parts --------------------------------------------------------------
 
@@ -138,25 +142,12 @@ def sru_recurrence(u: Tensor, fr: Tensor, rr: Tensor, xs: Tensor, weight_c: Tens
     dtype = u.dtype
     cast = [t if t is None or t.dtype == dtype else t.to(dtype) for t in (xs, weight_c, bias, c0, mask)]
     if u.device.type in ("cpu", "cuda"):
-        return SRURecurrence.apply(u, fr, rr, *cast)
+        # the inputs are in u's dtype already; autocast would re-cast the ops of the step loops
+        # (σ in fp32, lerp in bf16: a dtype error under CPU bf16 autocast)
+        with torch.autocast(u.device.type, enabled=False):
+            return SRURecurrence.apply(u, fr, rr, *cast)
     # other devices: the reference loop (autograd through every step)
     return sru_recurrence_reference(u, fr, rr, *cast)
-
-
-def sru_recurrence_reference(u, fr, rr, xs, weight_c, bias, c0=None, mask=None):
-    """Plain per-step loop of the same equations (REFERENCE §8.1; the reference's naive CPU path)."""
-    d = u.size(-1)
-    v_f, v_r = weight_c[:d], weight_c[d:]
-    b_f, b_r = bias[:d], bias[d:]
-    c = u.new_zeros(u.shape[1:]) if c0 is None else c0
-    m = 1.0 if mask is None else mask
-    hs = []
-    for t in range(u.size(0)):
-        f = torch.sigmoid(fr[t] + v_f * c + b_f)
-        r = torch.sigmoid(rr[t] + v_r * c + b_r)
-        c = f * c + (1 - f) * u[t]
-        hs.append(xs[t] + (c - xs[t]) * m * r)
-    return torch.stack(hs), c
 
 
 # -- layer ------------------------------------------------------------------------------
@@ -186,8 +177,9 @@ class SRULayer(nn.Module):
 
     def __init__(self, input_size: int, hidden_size: int, dropout: float = 0.0, highway_bias: float = 0.0,
                  projection_size: int = 0, rescale: bool = False, weight_c_init: float = 1.0,
-                 transform_module: Optional[nn.Module] = None):
+                 transform_module: Optional[nn.Module] = None, recurrence_impl: str = "auto"):
         super().__init__()
+        self.recurrence_impl = recurrence_impl  # "torch" | "triton" | "auto": awd_plugins.kernels.dispatch
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.dropout = float(dropout)
@@ -244,7 +236,9 @@ class SRULayer(nn.Module):
             xs = U[..., 3, :]
         else:
             xs = x * self.scale_x if self.rescale else x
-        return sru_recurrence(U[..., 0, :], U[..., 1, :], U[..., 2, :], xs, self.weight_c, self.bias, c0, mask)
+        args = (U[..., 0, :], U[..., 1, :], U[..., 2, :], xs, self.weight_c, self.bias, c0, mask)
+        out = sru_recurrence_triton(*args) if use_triton(self.recurrence_impl, U) else None
+        return out if out is not None else sru_recurrence(*args)  # None: torch code (or a failed compile, warned)
 
     def extra_repr(self):
         return f"{self.input_size}, {self.hidden_size}, dropout={self.dropout}, highway_bias={self.highway_bias}"
@@ -256,14 +250,15 @@ class SRU(nn.Module):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 2, dropout: float = 0.0,
                  highway_bias: float = 0.0, projection_size: int = 0, rescale: bool = False,
-                 weight_c_init: float = 1.0):
+                 weight_c_init: float = 1.0, recurrence_impl: str = "auto"):
         super().__init__()
         self.hidden_size = hidden_size
         self.num_layers = num_layers
         self.rnn_lst = nn.ModuleList(
             SRULayer(input_size if i == 0 else hidden_size, hidden_size,
                      dropout=dropout if i + 1 < num_layers else 0.0, highway_bias=highway_bias,
-                     projection_size=projection_size, rescale=rescale, weight_c_init=weight_c_init)
+                     projection_size=projection_size, rescale=rescale, weight_c_init=weight_c_init,
+                     recurrence_impl=recurrence_impl)
             for i in range(num_layers)
         )
 

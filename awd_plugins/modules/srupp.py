@@ -141,7 +141,7 @@ class SRUpp(nn.Module):
 
     def __init__(self, input_size: int, hidden_size: int, proj_size: int, num_layers: int = 2,
                  dropout: float = 0.0, attn_dropout: float = 0.0, num_heads: int = 1, highway_bias: float = -2.0,
-                 attention_every_n_layers: int = 1, weight_c_init: float = 1.0):
+                 attention_every_n_layers: int = 1, weight_c_init: float = 1.0, recurrence_impl: str = "auto"):
         super().__init__()
         if attention_every_n_layers < 1:
             raise ValueError(f"attention_every_n_layers must be ≥ 1, got {attention_every_n_layers}")
@@ -161,7 +161,7 @@ class SRUpp(nn.Module):
             # the transform's dropout is on every layer; the recurrence dropout not on the last
             self.rnn_lst.append(SRULayer(in_features, hidden_size, dropout=dropout if i + 1 < num_layers else 0.0,
                                          highway_bias=highway_bias, weight_c_init=weight_c_init,
-                                         transform_module=transform))
+                                         transform_module=transform, recurrence_impl=recurrence_impl))
 
     def forward(self, x: Tensor, c0: Optional[Tensor] = None, memory: Optional[List[Optional[Tensor]]] = None,
                 attn_mask: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, List[Tensor]]:
