@@ -71,7 +71,9 @@ def set_distributed_timeout(seconds):
     10 min for NCCL) when another rank stops answering; a no-op without a distributed run."""
     if seconds is None or not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return False
-    set_timeout = getattr(torch.distributed.distributed_c10d, "_set_pg_timeout", None)
+    # public in newer torch; the private one (torch >= 2.2) before
+    set_timeout = getattr(torch.distributed, "set_timeout", None) or getattr(
+        torch.distributed.distributed_c10d, "_set_pg_timeout", None)
     if set_timeout is None:
         raise AwdUserError(f"--distributed-timeout needs a newer torch (this one, {torch.__version__}, cannot change "
                            "the timeout of a running process group)")

@@ -123,8 +123,9 @@ class AwdLanguageModelingTask(FairseqTask):
         if cfg.bptt < 1:
             raise AwdUserError(f"--bptt must be positive, got {cfg.bptt}")
         _input_checks.check_task_options(cfg)
-        if _input_checks.set_distributed_timeout(cfg.distributed_timeout):
-            logger.info(f"collectives time out after {cfg.distributed_timeout} s")
+        timeout = getattr(cfg, "distributed_timeout", None)  # absent from older checkpoints' configs
+        if _input_checks.set_distributed_timeout(timeout):
+            logger.info(f"collectives time out after {timeout} s")
         dictionary = Dictionary.load(dict_path)
         logger.info(f"dictionary: {len(dictionary)} types")
         return cls(cfg, dictionary)
