@@ -106,7 +106,9 @@ def test_force_replaces_only_an_earlier_output(project):
     assert sorted(record["files"]) == sorted(n for n in os.listdir(bin_dir) if n != MARKER)
     assert {"dict.txt", "train.bin", "tokenizer.json"} <= set(record["files"])
     assert json.loads((raw / MARKER).read_text())["files"] == ["test.txt", "train.txt", "valid.txt"]
-    assert oct(bin_dir.stat().st_mode & 0o777) != oct(0o700)  # not mkdtemp's private mode
+    umask = os.umask(0)
+    os.umask(umask)
+    assert bin_dir.stat().st_mode & 0o777 == 0o777 & ~umask  # a plain new folder, not mkdtemp's private 0700
     assert not [n for n in os.listdir(project) if n.startswith(".")]  # no temporary folder left
     assert str(bin_dir) in (bin_dir / "preprocess.log").read_text()  # the log names the final folder
 
