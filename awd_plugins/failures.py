@@ -12,6 +12,10 @@ instead of a traceback and exits with status 2:
   NaN gradient tensor (thousands of lines of ``nan``).
 * **Another rank of a distributed run is gone**: gloo/NCCL report a closed or reset
   connection, or a collective that timed out (``--distributed-timeout``).
+
+When fairseq spawns one process per GPU, a rank's exception reaches the parent process as
+the text of its traceback; its last line is read the same way (and an ``AwdUserError``
+raised in a rank becomes its one line too).
 """
 
 import logging
@@ -49,21 +53,50 @@ def known_failure(exc):
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
+        if type(exc).__name__ == "ProcessRaisedException":  # a rank started by torch.multiprocessing.spawn
+            return _spawned_rank_failure(exc)
         if isinstance(exc, FloatingPointError):
-            done = _updates_done()
-            at = f" at update {done + 1}" if done is not None else ""
-            return (f"training diverged{at} ({_first_line(exc)}): lower --lr or clip the gradients with --clip-norm; "
-                    "fairseq saved the state of that moment as crash.pt in --save-dir")
-        if isinstance(exc, RuntimeError) and _is_collective_failure(exc):
-            return (f"a collective of the distributed run failed: another rank stopped or cannot be reached "
-                    f"({_first_line(exc)}); see that rank's log, then start all ranks again")
+            return _diverged(exc)
+        if isinstance(exc, RuntimeError) and _is_collective_failure(type(exc).__name__, str(exc)):
+            return _rank_lost(exc)
         exc = exc.__cause__ or exc.__context__
     return None
 
 
-def _is_collective_failure(exc) -> bool:
-    text = str(exc)
-    backend = "gloo" in text or "NCCL" in text or "ProcessGroup" in text or type(exc).__name__ == "DistBackendError"
+def _diverged(exc) -> str:
+    done = _updates_done()
+    at = f" at update {done + 1}" if done is not None else ""
+    return (f"training diverged{at} ({_first_line(exc)}): lower --lr or clip the gradients with --clip-norm; "
+            "fairseq saved the state of that moment as crash.pt in --save-dir")
+
+
+def _rank_lost(exc) -> str:
+    return (f"a collective of the distributed run failed: another rank stopped or cannot be reached "
+            f"({_first_line(exc)}); see that rank's log, then start all ranks again")
+
+
+def _spawned_rank_failure(exc):
+    """fairseq spawns one process per GPU; a rank's exception reaches the parent as the text of its traceback,
+    whose last line is ``Type: message``."""
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    match = re.match(r"^([\w.]+): (.*)$", lines[-1]) if lines else None
+    if not match:
+        return None
+    name, message = match.group(1).rsplit(".", 1)[-1], match.group(2)
+    rank = getattr(exc, "error_index", "?")
+    if name == "AwdUserError":
+        return f"rank {rank}: {message}"
+    if name == "FloatingPointError":
+        return f"rank {rank}: {_diverged(message)}"
+    if _is_collective_failure(name, message):
+        return f"rank {rank}: {_rank_lost(message)}"
+    return None
+
+
+def _is_collective_failure(type_name: str, text: str) -> bool:
+    if type_name not in ("RuntimeError", "DistBackendError", "DistNetworkError", "DistError"):
+        return False
+    backend = "gloo" in text or "NCCL" in text or "ProcessGroup" in text or type_name != "RuntimeError"
     return backend and bool(_PEER_LOST.search(text))
 
 

@@ -169,6 +169,28 @@ def test_lost_rank_messages():
     assert known_failure(KeyError("gloo Connection reset by peer")) is None
 
 
+def test_failures_of_spawned_ranks():
+    """With one process per GPU, a rank's exception reaches fairseq's parent process as traceback text."""
+    from torch.multiprocessing.spawn import ProcessRaisedException
+
+    from awd_plugins.failures import known_failure
+
+    def spawned(last_line, rank=1):
+        text = ("\n\n-- Process %d terminated with the following error:\nTraceback (most recent call last):\n"
+                '  File "fairseq_cli/train.py", line 205, in main\n%s\n' % (rank, last_line))
+        return ProcessRaisedException(text, rank, 4242)
+
+    assert known_failure(spawned("awd_plugins.errors.AwdUserError: --eval-batch-size must be a positive number "
+                                 "of streams, got 0")) == "rank 1: --eval-batch-size must be a positive number of " \
+                                                         "streams, got 0"
+    lost = known_failure(spawned("torch.distributed.DistBackendError: NCCL error in: ProcessGroupNCCL.cpp:1970, "
+                                 "remote process exited or there was a network error", rank=0))
+    assert lost.startswith("rank 0: a collective of the distributed run failed: another rank stopped")
+    diverged = known_failure(spawned("FloatingPointError: gradients are Nan/Inf"))
+    assert diverged.startswith("rank 1: training diverged") and "(gradients are Nan/Inf): lower --lr" in diverged
+    assert known_failure(spawned("KeyError: 'decoder.embed_tokens.weight'")) is None  # a bug keeps its traceback
+
+
 def test_nan_detector_dump_is_dropped():
     import awd_plugins.failures  # noqa: F401  (installed at plugin import)
 
