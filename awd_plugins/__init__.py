@@ -13,6 +13,10 @@ from awd_plugins.errors import install_excepthook as _install_excepthook  # noqa
 
 _install_excepthook()
 
+from awd_plugins import failures as _failures  # noqa: E402
+
+_failures.install()
+
 from awd_plugins import criterions, models, optim, tasks  # noqa: E402,F401
 
 __version__ = "0.1.0"

@@ -36,6 +36,34 @@ def allow_checkpoint_globals():
          typing.Any, collections.defaultdict, dict, list, int])
 
 
+def eval_lm_logs_to_stdout():
+    """fairseq 0.12.x's ``models/wav2vec/wav2vec2_classification.py`` calls
+    ``logging.basicConfig(level=DEBUG)`` when ``import fairseq`` runs. ``fairseq-eval-lm``
+    imports fairseq before its own ``basicConfig(stream=sys.stdout, level=INFO)``, which
+    then does nothing: its results (``Loss (base 2): …, Perplexity: …``) go to stderr in
+    between DEBUG lines, and ``fairseq-eval-lm … > eval.log`` leaves the log empty. When the
+    running program is fairseq-eval-lm and the root logger still holds exactly that import's
+    handler, configure logging as eval_lm.py asks (stdout, INFO or ``$LOGLEVEL``).
+    """
+    import logging
+    import os
+    import sys
+
+    main = sys.modules.get("__main__")
+    program = getattr(getattr(main, "__spec__", None), "name", None)
+    if os.path.basename(sys.argv[0] if sys.argv else "") != "fairseq-eval-lm" and program != "fairseq_cli.eval_lm":
+        return False
+    root = logging.getLogger()
+    handlers = root.handlers
+    if not (root.level == logging.DEBUG and len(handlers) == 1 and type(handlers[0]) is logging.StreamHandler
+            and handlers[0].stream is sys.stderr and handlers[0].formatter is not None
+            and handlers[0].formatter._fmt == logging.BASIC_FORMAT):
+        return False
+    logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", datefmt="%Y-%m-%d %H:%M:%S",
+                        level=os.environ.get("LOGLEVEL", "INFO").upper(), stream=sys.stdout, force=True)
+    return True
+
+
 def restore_numpy_compat():
     """numpy 2 removed ``np.compat``; fairseq's token_block_dataset.py and
     language_pair_dataset.py still call ``np.compat.long``."""
@@ -80,6 +108,7 @@ def amp_single_unscale():
 
 
 def apply():
+    eval_lm_logs_to_stdout()
     restore_numpy_compat()
     allow_checkpoint_globals()
     amp_single_unscale()

@@ -38,10 +38,17 @@ def user_error_in_chain(exc):
 
 def _hook(exc_type, exc_value, tb, _default=sys.excepthook):
     exc = user_error_in_chain(exc_value)
+    if exc is None:
+        from awd_plugins.failures import known_failure  # divergence, a lost rank (issue #12 §5)
+
+        exc = known_failure(exc_value)
     if exc is not None:
         prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "awd_plugins"
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        sys.stderr.flush()
+        # the process's own stderr: torch.distributed's hook calls this one with sys.stderr
+        # swapped for a buffer that it would print only after this function returned
+        stream = sys.__stderr__ or sys.stderr
+        print(f"{prog}: error: {exc}", file=stream)
+        stream.flush()
         os._exit(2)  # fairseq may hold worker processes; leave at once, like argparse
     _default(exc_type, exc_value, tb)
 

@@ -28,6 +28,7 @@ DATA=${DATA:-data-bin/$CORPUS}
 SAVE=${SAVE:-checkpoints/awd_lstm_$CORPUS}
 # download, or give the folder of train/valid/test.txt[.gz]: FROM=../shared/data/ptb
 [ -d "$DATA" ] || python preprocess/$PREPARE --out "$DATA" ${FROM:+--from "$FROM"}
+source examples/_check.sh && check_data_bin "$DATA" && note_save_dir "$SAVE"
 
 COMMON=(--user-dir awd_plugins --task awd_language_modeling --arch $ARCH
   --criterion split_cross_entropy --alpha 2 --beta 1
@@ -40,6 +41,7 @@ fairseq-train "$DATA" "${COMMON[@]}" --save-dir "$SAVE"
 
 # 2. finetune (finetune.py): restart averaging from the best averaged model, windows capped at
 #    bptt+10; training ends when the non-monotone criterion fires again
+check_checkpoint "$SAVE/checkpoint_best.pt"
 fairseq-train "$DATA" "${COMMON[@]}" --asgd-from-start --stop-min-lr 0 --bptt-cap 80 \
   --restore-file "$SAVE/checkpoint_best.pt" --reset-optimizer --reset-lr-scheduler --reset-dataloader --reset-meters \
   --save-dir "$SAVE-finetune"

@@ -43,6 +43,7 @@ DATA=${DATA:-data-bin/$CORPUS}
 SAVE=${SAVE:-checkpoints/awd_qrnn_$CORPUS}
 read -r -a EXTRA <<< "${EXTRA:-}"
 [ -d "$DATA" ] || python preprocess/$PREPARE --out "$DATA" ${FROM:+--from "$FROM"}
+source examples/_check.sh && check_data_bin "$DATA" && note_save_dir "$SAVE"
 
 COMMON=(--user-dir awd_plugins --task awd_language_modeling --arch awd_qrnn_$CORPUS
   --criterion split_cross_entropy --alpha 2 --beta 1
@@ -53,6 +54,7 @@ COMMON=(--user-dir awd_plugins --task awd_language_modeling --arch awd_qrnn_$COR
 fairseq-train "$DATA" "${COMMON[@]}" "${TRAIN[@]}" --save-dir "$SAVE" "${EXTRA[@]}"
 
 # 2. finetune (finetune.py): restart averaging from the best model, windows ≤ bptt+10, stop at the next trigger
+check_checkpoint "$SAVE/checkpoint_best.pt"
 fairseq-train "$DATA" "${COMMON[@]}" "${FINETUNE[@]}" \
   --restore-file "$SAVE/checkpoint_best.pt" --reset-optimizer --reset-lr-scheduler --reset-dataloader --reset-meters \
   --asgd-from-start --stop-min-lr 0 --bptt-cap 80 --save-dir "$SAVE-finetune" "${EXTRA[@]}"

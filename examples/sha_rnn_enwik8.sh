@@ -30,6 +30,7 @@ BSZ=${BSZ:-16}
 SAVE=${SAVE:-checkpoints/$ARCH}
 # downloads enwik8.zip (sha256-checked), or give it: FROM=path/to/enwik8.zip
 [ -d "$DATA" ] || python preprocess/prepare_enwik8.py --out "$DATA" ${FROM:+--from "$FROM"}
+source examples/_check.sh && check_data_bin "$DATA" && note_save_dir "$SAVE"
 
 COMMON=(--user-dir awd_plugins --task awd_language_modeling --arch $ARCH
   --criterion split_cross_entropy --alpha 0 --beta 0
@@ -43,6 +44,7 @@ fairseq-train "$DATA" "${COMMON[@]}" --max-epoch 32 --lr 2e-3 --seed 5512 --save
 
 # 2. when validation stalls: 5 more epochs from the best model at half the lr, with a fresh optimizer
 #    and the warm-up again (the reference's --resume)
+check_checkpoint "$SAVE/checkpoint_best.pt"
 fairseq-train "$DATA" "${COMMON[@]}" --max-epoch 5 --lr 1e-3 --seed 125 \
   --finetune-from-model "$SAVE/checkpoint_best.pt" --save-dir "$SAVE-pass2"
 

@@ -14,6 +14,7 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 DATA=${DATA:-data-bin/ptb-char}
 SAVE=${SAVE:-checkpoints/sha_rnn_ptb_char_cpu}
 [ -d "$DATA" ] || python preprocess/prepare_ptb_char.py --out "$DATA" ${FROM:+--from "$FROM"}
+source examples/_check.sh && check_data_bin "$DATA" && note_save_dir "$SAVE"
 
 fairseq-train "$DATA" --user-dir awd_plugins --task awd_language_modeling --arch sha_rnn \
   --emsize 128 --nhid 512 --nlayers 2 --dropout 0.1 --dropouth 0.1 --dropouti 0.1 \

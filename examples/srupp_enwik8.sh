@@ -28,6 +28,7 @@ DATA=${DATA:-data-bin/enwik8}
 SAVE=${SAVE:-checkpoints/srupp_enwik8_$SIZE}
 # 90M / 5M / 5M bytes, one token per byte (newline = </s>); downloads enwik8.zip, or FROM=path/to/enwik8.zip
 [ -d "$DATA" ] || python preprocess/prepare_enwik8.py --out "$DATA" ${FROM:+--from "$FROM"}
+source examples/_check.sh && check_data_bin "$DATA" && note_save_dir "$SAVE"
 
 if [ "$SIZE" = large ]; then BSZ=8; LR=0.0004; else BSZ=4; LR=0.0003; fi
 

@@ -29,6 +29,7 @@ DATA=${DATA:-data-bin/lm1b}
 SAVE=${SAVE:-checkpoints/srupp_lm1b_$SIZE}
 # downloads the benchmark and 1b_word_vocab.txt, or FROM=directory with the unpacked benchmark (+ the vocabulary)
 [ -d "$DATA" ] || python preprocess/prepare_lm1b.py --out "$DATA" ${FROM:+--from "$FROM"}
+source examples/_check.sh && check_data_bin "$DATA" && note_save_dir "$SAVE"
 
 if [ "$SIZE" = base ]; then BSZ=128; else BSZ=192; fi
 

@@ -33,6 +33,7 @@ DATA=${DATA:-data-bin/wikitext-103}
 SAVE=${SAVE:-checkpoints/srupp_wt103_$SIZE}
 # downloads wikitext-103-v1.zip, or FROM=directory with wiki.{train,valid,test}.tokens
 [ -d "$DATA" ] || python preprocess/prepare_wikitext103.py --out "$DATA" ${FROM:+--from "$FROM"}
+source examples/_check.sh && check_data_bin "$DATA" && note_save_dir "$SAVE"
 
 if [ "$SIZE" = base ]; then BPTT=768; else BPTT=1024; fi
 

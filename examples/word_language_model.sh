@@ -106,6 +106,7 @@ case "$CORPUS" in
   wt2) PREPARE=prepare_wikitext2.py ;;
 esac
 [ -d "$DATA" ] || python preprocess/$PREPARE --out "$DATA" ${FROM:+--from "$FROM"}
+source examples/_check.sh && check_data_bin "$DATA" && note_save_dir "$SAVE"
 
 MODEL=(--arch $ARCH --rnn-type "$CELL")
 FP16=()

@@ -15,11 +15,11 @@ unused rows to the tied embedding/softmax.
 
 import argparse
 import os
-import shutil
 import sys
 import tempfile
 from typing import Dict, Iterable
 
+import _output
 from _corpus import SPLITS, binarize, check_output, fail
 
 NEWLINE = 10
@@ -55,10 +55,10 @@ def symbols_to_bytes(symbols: Iterable[str], eos: str = "</s>") -> bytes:
 
 def add_output_arguments(parser: argparse.ArgumentParser):
     parser.add_argument("--out", help="data-bin directory to write (dict.txt, {train,valid,test}.bin/.idx)")
-    parser.add_argument("--raw", help="also keep the text files ({split}.txt) and the raw bytes ({split}.raw) here")
+    parser.add_argument("--raw", help="also keep the text files ({split}.txt) and the raw bytes ({split}.raw) in this new folder")
     parser.add_argument("--text-only", action="store_true", help="write the text files to --raw and stop (no data-bin)")
     parser.add_argument("--workers", type=int, default=1, help="fairseq-preprocess worker processes")
-    parser.add_argument("--force", action="store_true", help="overwrite an existing --out directory")
+    parser.add_argument("--force", action="store_true", help=_output.FORCE_HELP)
 
 
 def check_output_arguments(args):
@@ -67,33 +67,29 @@ def check_output_arguments(args):
             fail("--text-only needs --raw DIR to write the text files to")
     elif not args.out:
         fail("give the data-bin directory with --out (or --text-only --raw DIR)")
-    else:
-        check_output(args.out, args.force)
+    source = getattr(args, "source", None)
+    check_output(None if args.text_only else args.out, args.force, source, args.raw)
 
 
 def write_and_binarize(corpus: str, splits: Dict[str, bytes], args, text_writer=None):
     """Write each split as text (``text_writer(data, path)``, default the byte encoding), then
-    ``fairseq-preprocess --only-source --padding-factor 1`` unless ``--text-only``."""
+    ``fairseq-preprocess --only-source --padding-factor 1`` unless ``--text-only``; every output
+    folder appears complete or not at all (``_output``)."""
     keep_bytes = text_writer is None  # the .raw files only make sense when the text encodes these bytes
     text_writer = text_writer or write_byte_lines
-    tmp = None
-    raw_dir = args.raw
-    if raw_dir is None:
-        tmp = raw_dir = tempfile.mkdtemp(prefix=f"{corpus}-raw-")
-    os.makedirs(raw_dir, exist_ok=True)
-    try:
+    with _output.Outputs(_output.script_name(), args.force, [getattr(args, "source", None)]) as outputs, \
+            tempfile.TemporaryDirectory(prefix=f"{corpus}-raw-") as scratch:
+        raw_dir = outputs.folder(args.raw, "--raw") if args.raw else scratch
         for split in SPLITS:
             text_writer(splits[split], os.path.join(raw_dir, f"{split}.txt"))
             if args.raw and keep_bytes:
                 with open(os.path.join(raw_dir, f"{split}.raw"), "wb") as f:
                     f.write(splits[split])
         if not args.text_only:
-            if args.force and os.path.isdir(args.out):
-                shutil.rmtree(args.out)
-            binarize(raw_dir, args.out, args.workers, extra=["--padding-factor", "1"])
-    finally:
-        if tmp:
-            shutil.rmtree(tmp, ignore_errors=True)
+            bin_dir = outputs.folder(args.out, "--out")
+            binarize(raw_dir, bin_dir, args.workers, extra=["--padding-factor", "1"])
+            outputs.name_final_paths(os.path.join(bin_dir, "preprocess.log"))
+        outputs.commit()
     if not args.text_only:
         with open(os.path.join(args.out, "dict.txt"), encoding="utf-8") as f:
             nsymbols = sum(1 for _ in f)

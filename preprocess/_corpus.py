@@ -22,7 +22,10 @@ import tarfile
 import tempfile
 import urllib.request
 import zipfile
-from typing import Dict, List, Optional
+import zlib
+from typing import Dict, List, Optional, Sequence
+
+import _output
 
 SPLITS = ("train", "valid", "test")
 
@@ -38,10 +41,23 @@ def read_text_from_dir(directory: str, split: str, names: Dict[str, List[str]]) 
     for name in candidates:
         for path in (os.path.join(directory, name), os.path.join(directory, name + ".gz")):
             if os.path.isfile(path):
-                with open(path, "rb") as f:
-                    data = f.read()
-                return gzip.decompress(data) if path.endswith(".gz") else data
+                return read_file(path)
     fail(f"no {split} split in {directory} (looked for {', '.join(candidates)}, optionally .gz)")
+
+
+def read_file(path: str) -> bytes:
+    """The bytes of ``path``, gunzipped when its name ends in ``.gz`` (one error line if it is not gzip data)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        fail(f"cannot read {path}: {e.strerror or e}")
+    if not path.endswith(".gz"):
+        return data
+    try:
+        return gzip.decompress(data)
+    except (OSError, EOFError, zlib.error) as e:
+        fail(f"{path} is named .gz but is not complete gzip data ({e}); rename it if it is plain text")
 
 
 def download(url: str) -> bytes:
@@ -89,15 +105,22 @@ def binarize(raw_dir: str, dest: str, workers: int = 1, extra: Optional[List[str
         "--workers", str(workers),
     ] + (extra or [])
     print("+ fairseq-preprocess " + " ".join(cmd[1 if exe else 3 :]), file=sys.stderr)
-    subprocess.run(cmd, check=True)
+    status = subprocess.run(cmd).returncode
+    if status != 0:
+        fail(f"fairseq-preprocess failed (exit status {status}); its messages are above")
 
 
-def check_output(out: str, force: bool, source: str = None):
-    """Refuse to overwrite a data-bin without --force, and a missing --from directory."""
-    if os.path.exists(os.path.join(out, "dict.txt")) and not force:
-        fail(f"{out} already holds a data-bin; give --force to overwrite it")
-    if source and not os.path.isdir(source):
-        fail(f"--from directory not found: {source}")
+def check_output(out: str, force: bool, source: str = None, raw: str = None, inputs: Sequence[str] = ()):
+    """Stop before any work unless ``--out`` (and ``--raw``) may be written (``_output``'s rules), or
+    when the ``--from`` input does not exist."""
+    if source and not os.path.exists(source):
+        fail(f"--from not found: {source}")
+    inputs = [source, *inputs]
+    if out:
+        _output.check_destination(out, "--out", force, inputs)
+    if raw:
+        _output.check_destination(raw, "--raw", force, inputs)
+    _output.check_separate(out, raw)
 
 
 def main(corpus: str, urls: Dict[str, str], archive_members: Dict[str, str], names: Dict[str, List[str]],
@@ -108,14 +131,14 @@ def main(corpus: str, urls: Dict[str, str], archive_members: Dict[str, str], nam
     parser.add_argument("--from", dest="source", metavar="DIR",
                         help="take train/valid/test(.txt[.gz]) from DIR instead of downloading")
     parser.add_argument("--out", required=True, help="data-bin directory to write (dict.txt, {train,valid,test}.bin/.idx)")
-    parser.add_argument("--raw", help="also keep the plain text files here (default: a temporary directory)")
+    parser.add_argument("--raw", help="also keep the plain text files in this new folder (default: a temporary one)")
     parser.add_argument("--workers", type=int, default=1, help="fairseq-preprocess worker processes")
     parser.add_argument("--vocab-size", type=int, metavar="N",
                         help="keep the N most frequent words; the others become <unk> (as prepare_text.py)")
     parser.add_argument("--no-verify", action="store_true", help="skip the sha256 check of the standard files")
-    parser.add_argument("--force", action="store_true", help="overwrite an existing --out directory")
+    parser.add_argument("--force", action="store_true", help=_output.FORCE_HELP)
     args = parser.parse_args()
-    check_output(args.out, args.force, args.source)
+    check_output(args.out, args.force, args.source, args.raw)
 
     texts = {}
     archive = None
@@ -140,22 +163,17 @@ def main(corpus: str, urls: Dict[str, str], archive_members: Dict[str, str], nam
             else:
                 fail(message)
 
-    tmp = None
-    raw_dir = args.raw
-    if raw_dir is None:
-        tmp = tempfile.mkdtemp(prefix=f"{corpus}-raw-")
-        raw_dir = tmp
-    os.makedirs(raw_dir, exist_ok=True)
-    for split, text in texts.items():
-        with open(os.path.join(raw_dir, f"{split}.txt"), "wb") as f:
-            f.write(text)
-    if args.force and os.path.isdir(args.out):
-        shutil.rmtree(args.out)
-    try:
-        binarize(raw_dir, args.out, args.workers, ["--nwordssrc", str(args.vocab_size + 4)] if args.vocab_size else None)
-    finally:
-        if tmp:
-            shutil.rmtree(tmp, ignore_errors=True)
+    vocab = ["--nwordssrc", str(args.vocab_size + 4)] if args.vocab_size else None
+    with _output.Outputs(_output.script_name(), args.force, [args.source]) as outputs, \
+            tempfile.TemporaryDirectory(prefix=f"{corpus}-raw-") as scratch:
+        raw_dir = outputs.folder(args.raw, "--raw") if args.raw else scratch
+        for split, text in texts.items():
+            with open(os.path.join(raw_dir, f"{split}.txt"), "wb") as f:
+                f.write(text)
+        bin_dir = outputs.folder(args.out, "--out")
+        binarize(raw_dir, bin_dir, args.workers, vocab)
+        outputs.name_final_paths(os.path.join(bin_dir, "preprocess.log"))
+        outputs.commit()
 
     with open(os.path.join(args.out, "dict.txt"), encoding="utf-8") as f:
         nwords = sum(1 for _ in f)

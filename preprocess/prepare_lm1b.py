@@ -38,6 +38,7 @@ import tarfile
 import tempfile
 import urllib.request
 
+import _output
 from _corpus import SPLITS, binarize, check_output, count_tokens, download, fail
 
 ROOT = "1-billion-word-language-modeling-benchmark-r13output"
@@ -123,21 +124,18 @@ def main():
     parser.add_argument("--min-count", type=int, default=3, help="with --build-vocab: keep words seen this often")
     parser.add_argument("--seed", type=int, default=1234, help="seed of the shard and sentence shuffle")
     parser.add_argument("--no-shuffle", action="store_true", help="keep the shards' order")
-    parser.add_argument("--raw", help="keep the plain text files (and a download) here")
+    parser.add_argument("--raw", help="keep the plain text files (and a download) in this new folder")
     parser.add_argument("--workers", type=int, default=1, help="fairseq-preprocess worker processes")
-    parser.add_argument("--force", action="store_true", help="overwrite an existing --out directory")
+    parser.add_argument("--force", action="store_true", help=_output.FORCE_HELP)
     args = parser.parse_args()
 
-    check_output(args.out, args.force, args.source)
     if args.vocab and not os.path.isfile(args.vocab):
         fail(f"--vocab file not found: {args.vocab}")
-    if args.force and os.path.isdir(args.out):
-        shutil.rmtree(args.out)
-    os.makedirs(args.out, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix="lm1b-raw-") if args.raw is None else None
-    raw_dir = args.raw or tmp
-    os.makedirs(raw_dir, exist_ok=True)
-    try:
+    check_output(args.out, args.force, args.source, args.raw, inputs=[args.vocab])
+    with _output.Outputs("prepare_lm1b.py", args.force, [args.source, args.vocab]) as outputs, \
+            tempfile.TemporaryDirectory(prefix="lm1b-raw-") as scratch:
+        raw_dir = outputs.folder(args.raw, "--raw") if args.raw else scratch
+        out_dir = outputs.folder(args.out, "--out")
         root = find_benchmark(args.source) if args.source else fetch_archive(raw_dir)
         shards = training_shards(root)
         heldout = os.path.join(root, HELDOUT_DIR, HELDOUT_FILE)
@@ -161,8 +159,8 @@ def main():
                 print(f"warning: could not download {VOCAB_URL} ({e}); counting the vocabulary instead",
                       file=sys.stderr)
                 entries = build_vocab(shards, args.min_count)
-        write_vocab(entries, os.path.join(args.out, VOCAB_NAME), fairseq=False)
-        fairseq_dict = os.path.join(args.out, "lm1b_dict.txt")
+        write_vocab(entries, os.path.join(out_dir, VOCAB_NAME), fairseq=False)
+        fairseq_dict = os.path.join(out_dir, "lm1b_dict.txt")
         write_vocab(entries, fairseq_dict, fairseq=True)
 
         # 2. text
@@ -180,10 +178,9 @@ def main():
             shutil.copyfile(heldout, os.path.join(raw_dir, f"{split}.txt"))
 
         # 3. binarize with the saved vocabulary
-        binarize(raw_dir, args.out, args.workers, extra=["--srcdict", fairseq_dict])
-    finally:
-        if tmp:
-            shutil.rmtree(tmp, ignore_errors=True)
+        binarize(raw_dir, out_dir, args.workers, extra=["--srcdict", fairseq_dict])
+        outputs.name_final_paths(os.path.join(out_dir, "preprocess.log"))
+        outputs.commit()
 
     words = sum(1 for w, _ in entries if w not in REFERENCE_SPECIALS)
     print(f"lm1b: vocabulary {len(entries):,} entries as the reference counts them; fairseq dictionary "

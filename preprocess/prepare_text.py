@@ -22,20 +22,24 @@ Tokenizers (the choice is recorded in ``DEST/tokenizer.json``, which
 
 Every line ends with fairseq's ``</s>`` (the reference's ``<eos>``). All input is
 read and checked, and the tokenization (SentencePiece training included) done in
-memory, before anything is written; the data-bin is built in a temporary folder
-beside DEST and moved into place at the end, so bad input leaves nothing behind.
+memory, before anything is written; the data-bin (and ``--raw``) is built in a
+temporary folder beside DEST and moved into place at the end, so bad input leaves
+nothing behind. DEST and ``--raw`` may not be, contain or lie inside the input, nor be
+or contain the current folder; a non-empty one is replaced only with ``--force`` and
+only when an earlier run of these scripts made it (``preprocess/_output.py``: its
+``.awd-prepared.json`` lists every file, and nothing else is in it).
 """
 
 import argparse
 import json
 import os
 import re
-import shutil
 import tempfile
 from collections import Counter
 from typing import Dict, List, Optional
 
-from _corpus import SPLITS, binarize, count_tokens, fail, read_text_from_dir
+import _output
+from _corpus import SPLITS, binarize, check_output, count_tokens, fail, read_file, read_text_from_dir
 
 UNK = "<unk>"
 EOS = "</s>"
@@ -66,9 +70,9 @@ def parse_args(argv=None):
     p.add_argument("--sp-normalization", choices=["identity", "nmt_nfkc", "nfkc"],
                    help="sentencepiece normalization (default identity: decoding gives back the text exactly, "
                    "up to runs of spaces)")
-    p.add_argument("--raw", metavar="DIR", help="also keep the tokenized train/valid/test.txt here")
+    p.add_argument("--raw", metavar="DIR", help="also keep the tokenized train/valid/test.txt in this new folder")
     p.add_argument("--workers", type=int, default=1, help="processes for tokenization and fairseq-preprocess (default 1)")
-    p.add_argument("--force", action="store_true", help="replace an existing DEST")
+    p.add_argument("--force", action="store_true", help=_output.FORCE_HELP)
     return p.parse_args(argv)
 
 
@@ -98,16 +102,7 @@ def check_options(args):
         fail(f"--split applies to a single input file; {args.input} is a folder (its train/valid/test are used)")
     if os.path.isfile(args.input):
         args.ratios = parse_ratios(args.split or "0.9,0.05,0.05")
-    dest = os.path.abspath(args.out)
-    if os.path.exists(dest) and not os.path.isdir(dest):
-        fail(f"--out {args.out} exists and is not a folder")
-    if os.path.isdir(dest) and os.listdir(dest) and not args.force:
-        fail(f"--out {args.out} already exists and is not empty; give --force to replace it")
-    parent = os.path.dirname(dest)
-    if not os.path.isdir(parent):
-        fail(f"the parent folder of --out does not exist: {parent}")
-    if args.raw and os.path.exists(args.raw) and not os.path.isdir(args.raw):
-        fail(f"--raw {args.raw} exists and is not a folder")
+    check_output(args.out, args.force, raw=args.raw, inputs=[args.input])
 
 
 def parse_ratios(text: str) -> List[float]:
@@ -149,12 +144,7 @@ def read_input(args) -> Dict[str, List[str]]:
                 fail(f"the {split} split in {args.input} is empty")
         return lines
 
-    with open(args.input, "rb") as f:
-        data = f.read()
-    if args.input.endswith(".gz"):
-        import gzip
-
-        data = gzip.decompress(data)
+    data = read_file(args.input)
     all_lines = split_lines(decode_utf8(data, args.input))
     if not any(line.strip() for line in all_lines):
         fail(f"{args.input} is empty")
@@ -299,46 +289,25 @@ def to_bytes(lines: List[str]) -> bytes:
     return "".join(line + "\n" for line in lines).encode("utf-8")
 
 
-def tidy_log(path: str, renames: Dict[str, str]):
-    """fairseq-preprocess logged the temporary paths; name the final ones instead."""
-    if not os.path.isfile(path):
-        return
-    with open(path, encoding="utf-8", errors="replace") as f:
-        text = f.read()
-    for old, new in renames.items():
-        text = text.replace(old, new)
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text)
-
-
 def write_data_bin(tokenized: Dict[str, List[str]], model: Optional[bytes], record: dict, args):
-    dest = os.path.abspath(args.out)
-    work = tempfile.mkdtemp(prefix=".prepare-text-", dir=os.path.dirname(dest))
-    try:
-        raw = os.path.join(work, "raw")
-        os.makedirs(raw)
+    """Tokenized text → data-bin (+ ``--raw``), each built beside its destination and moved into place (``_output``)."""
+    with _output.Outputs("prepare_text.py", args.force, [args.input]) as outputs, \
+            tempfile.TemporaryDirectory(prefix="prepare-text-") as scratch:
+        raw = outputs.folder(args.raw, "--raw") if args.raw else scratch
         for split in SPLITS:
             with open(os.path.join(raw, f"{split}.txt"), "wb") as f:
                 f.write(to_bytes(tokenized[split]))
-        binarized = os.path.join(work, "bin")
+        binarized = outputs.folder(args.out, "--out")
         # bytes: no made-up padding symbols, as _bytes.py (they could never occur)
         binarize(raw, binarized, args.workers, extra=["--padding-factor", "1"] if args.tokenizer == "bytes" else None)
-        tidy_log(os.path.join(binarized, "preprocess.log"), {binarized: dest, raw: "<tokenized text>"})
+        outputs.name_final_paths(os.path.join(binarized, "preprocess.log"), {scratch: "<tokenized text>"})
         if model is not None:
             with open(os.path.join(binarized, record["model"]), "wb") as f:
                 f.write(model)
         with open(os.path.join(binarized, "tokenizer.json"), "w", encoding="utf-8") as f:
             json.dump(record, f, indent=2, ensure_ascii=False)
             f.write("\n")
-        if args.raw:
-            os.makedirs(args.raw, exist_ok=True)
-            for split in SPLITS:
-                shutil.copyfile(os.path.join(raw, f"{split}.txt"), os.path.join(args.raw, f"{split}.txt"))
-        if os.path.isdir(dest):
-            shutil.rmtree(dest)
-        os.replace(binarized, dest)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+        outputs.commit()
 
 
 def report(tokenized: Dict[str, List[str]], dest: str, tokenizer: str):

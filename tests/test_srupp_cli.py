@@ -112,10 +112,11 @@ def _fake_benchmark(root):
 
 
 def test_prepare_lm1b_with_the_benchmark_vocabulary(tmp_path):
-    _fake_benchmark(tmp_path)
-    (tmp_path / "1b_word_vocab.txt").write_text("<S> 5\n</S> 5\n<UNK> 7\nthe 4\n. 5\ncat 3\nran 2\n")
+    src = tmp_path / "src"  # outputs may not lie inside the input folder
+    _fake_benchmark(src)
+    (src / "1b_word_vocab.txt").write_text("<S> 5\n</S> 5\n<UNK> 7\nthe 4\n. 5\ncat 3\nran 2\n")
     out = tmp_path / "bin"
-    proc = _script("prepare_lm1b.py", "--from", tmp_path, "--out", out, "--raw", tmp_path / "raw")
+    proc = _script("prepare_lm1b.py", "--from", src, "--out", out, "--raw", tmp_path / "raw")
     assert proc.returncode == 0, proc.stdout
     # the vocabulary is saved first, in its own order, the reference's specials left to fairseq's
     assert (out / "1b_word_vocab.txt").read_text().split("\n")[:3] == ["<S> 5", "</S> 5", "<UNK> 7"]

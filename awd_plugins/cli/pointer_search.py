@@ -29,6 +29,13 @@ def floats(text: str) -> List[float]:
     return [float(x) for x in text.split(",") if x]
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
 def ints(text: str) -> List[int]:
     return [int(x) for x in text.split(",") if x]
 
@@ -73,7 +80,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="awd-pointer-search", description=__doc__.split("\n\n")[0])
     parser.add_argument("data", help="the data-bin the model was trained on")
     parser.add_argument("--path", required=True, help="checkpoint (e.g. checkpoints/checkpoint_best.pt)")
-    parser.add_argument("--bptt", type=int, default=5000, help="evaluation window, as fairseq-eval-lm --bptt")
+    parser.add_argument("--bptt", type=positive_int, default=5000, help="evaluation window, as fairseq-eval-lm --bptt")
     parser.add_argument("--windows", type=ints, default=[100, 500, 1000, 2000, 3785], help="cache sizes to try")
     parser.add_argument("--thetas", type=floats, default=[0.3, 0.662, 1.0, 1.5], help="inverse temperatures θ")
     parser.add_argument("--lambdas", type=floats, default=[0.05, 0.1, 0.1279, 0.15, 0.2], help="mixing weights λ")

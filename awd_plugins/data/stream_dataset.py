@@ -34,13 +34,17 @@ def load_token_stream(indexed_dataset, eos: int) -> torch.Tensor:
     return torch.cat([flat.new_tensor([eos]), flat])
 
 
-def batchify(stream: torch.Tensor, bsz: int, rank: int = 0, world_size: int = 1) -> torch.Tensor:
-    """B×L matrix of contiguous streams; with ``world_size`` > 1 each rank keeps its own B rows."""
+def batchify(stream: torch.Tensor, bsz: int, rank: int = 0, world_size: int = 1, min_length: int = 2) -> torch.Tensor:
+    """B×L matrix of contiguous streams; with ``world_size`` > 1 each rank keeps its own B rows.
+
+    ``min_length``: 2 for evaluation (one input, one target), 3 for training (the window loop
+    of :func:`training_windows` runs while start < L − 2)."""
     total = bsz * world_size
     length = stream.numel() // total
-    if length < 2:
+    if length < min_length:
         raise ValueError(
-            f"a split of {stream.numel()} tokens is too short for {total} streams of at least 2 tokens"
+            f"a split of {stream.numel()} tokens is too short for {total} streams of at least {min_length} tokens "
+            f"(give fewer streams or more text)"
         )
     return stream[: length * total].view(total, length)[rank * bsz : (rank + 1) * bsz].contiguous()
 

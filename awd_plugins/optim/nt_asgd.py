@@ -64,6 +64,11 @@ def should_trigger(history: List[float], val_loss: float, nonmono: int) -> bool:
 class NtAsgd(FairseqOptimizer):
     def __init__(self, cfg: NtAsgdConfig, params):
         super().__init__(cfg)
+        # checked here, not after the first epoch's validation (where a negative value used to crash)
+        if cfg.nonmono < 0:
+            raise AwdUserError(f"--nonmono must be 0 or a positive number of epochs, got {cfg.nonmono}")
+        if cfg.weight_decay < 0:
+            raise AwdUserError(f"--weight-decay must not be negative, got {cfg.weight_decay}")
         self._params = [p for p in params if p.requires_grad]
         self.history: List[float] = []
         self.switch_epoch: Optional[int] = None

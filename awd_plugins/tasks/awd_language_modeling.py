@@ -52,6 +52,7 @@ from awd_plugins.data.stream_dataset import (
 )
 from awd_plugins.errors import AwdUserError
 from awd_plugins.optim import nt_asgd
+from awd_plugins.tasks import _input_checks
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +80,11 @@ class AwdLanguageModelingConfig(FairseqDataclass):
             "help": "streams for validation during training (the reference's eval_batch_size); "
             "fairseq-eval-lm uses --batch-size, default 1 as the reference's test"
         },
+    )
+    distributed_timeout: Optional[float] = field(
+        default=None,
+        metadata={"help": "seconds a rank waits for the others in a collective before the run stops with an error "
+                  "(default torch's: 30 min gloo, 10 min NCCL), e.g. when another rank was stopped"},
     )
     pointer_window: int = field(
         default=0, metadata={"help": "continuous cache pointer: number of cached positions (0 = off; PTB 500, WT2 3785)"}
@@ -116,6 +122,10 @@ class AwdLanguageModelingTask(FairseqTask):
             raise AwdUserError(f"{dict_path} not found: binarize the corpus with fairseq-preprocess --only-source first")
         if cfg.bptt < 1:
             raise AwdUserError(f"--bptt must be positive, got {cfg.bptt}")
+        _input_checks.check_task_options(cfg)
+        timeout = getattr(cfg, "distributed_timeout", None)  # absent from older checkpoints' configs
+        if _input_checks.set_distributed_timeout(timeout):
+            logger.info(f"collectives time out after {timeout} s")
         dictionary = Dictionary.load(dict_path)
         logger.info(f"dictionary: {len(dictionary)} types")
         return cls(cfg, dictionary)
@@ -134,9 +144,7 @@ class AwdLanguageModelingTask(FairseqTask):
     # -- data ----------------------------------------------------------------------------
     def load_dataset(self, split: str, epoch: int = 1, combine: bool = False, **kwargs):
         path = os.path.join(utils.split_paths(self.cfg.data)[0], split)
-        indexed = data_utils.load_indexed_dataset(path, self.dictionary, None)
-        if indexed is None:
-            raise AwdUserError(f"split {split!r} not found in {self.cfg.data} (expected {path}.bin/.idx)")
+        indexed = _input_checks.load_split(path, split, self.dictionary, self.cfg.data)
         stream = load_token_stream(indexed, self.dictionary.eos())
         self.datasets[split] = TokenStream(stream, split)
         logger.info(f"{split}: {stream.numel() - 1:,} tokens")
@@ -165,7 +173,8 @@ class AwdLanguageModelingTask(FairseqTask):
             world = distributed_utils.get_data_parallel_world_size()
             rank = distributed_utils.get_data_parallel_rank()
         try:
-            streams = StreamDataset(batchify(dataset.stream, bsz, rank, world), carry_key=key)
+            streams = StreamDataset(batchify(dataset.stream, bsz, rank, world, _input_checks.min_stream_length(training)),
+                                    carry_key=key)
         except ValueError as e:
             raise AwdUserError(f"{dataset.split}: {e}")
         if training:
@@ -193,7 +202,7 @@ class AwdLanguageModelingTask(FairseqTask):
                            shard_id=0, num_workers=1, data_buffer_size=10, context_window=0):
         if context_window > 0:
             logger.warning("--context-window is ignored: awd_language_modeling carries the recurrent state instead")
-        bsz = batch_size or 1
+        bsz = _input_checks.check_eval_batch_size(batch_size)
         logger.info(f"evaluating {dataset.split} in corpus order: {bsz} stream(s), windows of {self.cfg.bptt}")
         if is_character_level(self.dictionary):
             logger.info(
