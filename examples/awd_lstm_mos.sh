@@ -32,6 +32,7 @@ DATA=${DATA:-data-bin/$CORPUS}
 SAVE=${SAVE:-checkpoints/awd_lstm_mos_$CORPUS}
 # download, or give the folder of train/valid/test.txt[.gz]: FROM=../shared/data/ptb
 [ -d "$DATA" ] || python preprocess/$PREPARE --out "$DATA" ${FROM:+--from "$FROM"}
+source examples/_check.sh && check_data_bin "$DATA" && note_save_dir "$SAVE"
 
 COMMON=(--user-dir awd_plugins --task awd_language_modeling --arch $ARCH
   --criterion split_cross_entropy --alpha 2 --beta 1
@@ -42,6 +43,7 @@ COMMON=(--user-dir awd_plugins --task awd_language_modeling --arch $ARCH
 # 1. train: SGD until the non-monotone trigger, then averaged SGD
 fairseq-train "$DATA" "${COMMON[@]}" --lr $LR --save-dir "$SAVE"
 
+check_checkpoint "$SAVE/checkpoint_best.pt"
 # 2. finetune (finetune.py): averaged SGD from the best model at the finetuning learning rate
 fairseq-train "$DATA" "${COMMON[@]}" --lr $LR_FT --asgd-from-start --stop-min-lr 0 \
   --restore-file "$SAVE/checkpoint_best.pt" --reset-optimizer --reset-lr-scheduler --reset-dataloader --reset-meters \

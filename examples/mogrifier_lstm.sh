@@ -28,6 +28,7 @@ DATA=${DATA:-data-bin/$CORPUS}
 SAVE=${SAVE:-checkpoints/mogrifier_lstm_$CORPUS}
 # download, or give the folder of train/valid/test.txt[.gz]: FROM=../shared/data/ptb
 [ -d "$DATA" ] || python preprocess/$PREPARE --out "$DATA" ${FROM:+--from "$FROM"}
+source examples/_check.sh && check_data_bin "$DATA" && note_save_dir "$SAVE"
 
 # 1. train: 1000 turns of 200 updates
 fairseq-train "$DATA" --user-dir awd_plugins --task awd_language_modeling --arch $ARCH \

@@ -11,7 +11,8 @@ import pytest
 from conftest import REPO
 
 RECIPES = [["awd_lstm.sh", "ptb"], ["awd_qrnn.sh", "wt2"], ["sha_rnn_enwik8.sh"], ["sha_rnn_ptb_char_cpu.sh"],
-           ["srupp_enwik8.sh"], ["srupp_lm1b.sh"], ["srupp_wt103.sh"], ["word_language_model.sh", "ptb-650"]]
+           ["srupp_enwik8.sh"], ["srupp_lm1b.sh"], ["srupp_wt103.sh"], ["word_language_model.sh", "ptb-650"],
+           ["awd_lstm_mos.sh", "ptb"], ["mogrifier_lstm.sh", "wt2"]]
 
 
 def recipe(args, tmp_path, **env):
