@@ -81,31 +81,51 @@ def segment_loss(decoder, tokens: torch.Tensor, targets: torch.Tensor, state: An
     return decoder.nll(dropped.transpose(0, 1), targets).mean(), new_state
 
 
-def split_sample(sample: Dict[str, Any], seg_len: Optional[int]) -> Iterator[Dict[str, Any]]:
-    """Cut an evaluation window (B×T) into consecutive windows of at most ``seg_len`` columns.
-
-    ``carry_pos`` advances with the columns, so the carried state and the cache
-    pointer continue from one piece to the next exactly as across windows.
-    """
-    tlen = sample["target"].size(1)
-    if not seg_len or seg_len >= tlen:
-        yield sample
-        return
+def _columns(sample: Dict[str, Any], a: int, b: int) -> Dict[str, Any]:
+    """Columns [a, b) of an evaluation window, ``carry_pos`` advanced accordingly."""
     net = sample["net_input"]
-    for a in range(0, tlen, seg_len):
-        b = min(tlen, a + seg_len)
-        src = net["src_tokens"][:, a:b]
-        yield {
-            **sample,
-            "ntokens": src.numel(),
-            "net_input": {
-                **net,
-                "src_tokens": src,
-                "src_lengths": torch.full_like(net["src_lengths"], b - a),
-                "carry_pos": int(net["carry_pos"]) + a,
-            },
-            "target": sample["target"][:, a:b],
-        }
+    src = net["src_tokens"][:, a:b]
+    return {
+        **sample,
+        "ntokens": src.numel(),
+        "net_input": {**net, "src_tokens": src, "src_lengths": torch.full_like(net["src_lengths"], b - a),
+                      "carry_pos": int(net["carry_pos"]) + a},
+        "target": sample["target"][:, a:b],
+    }
+
+
+def _join(first: Dict[str, Any], second: Dict[str, Any]) -> Dict[str, Any]:
+    """Two consecutive windows of the same streams as one."""
+    net = first["net_input"]
+    src = torch.cat([net["src_tokens"], second["net_input"]["src_tokens"]], dim=1)
+    return {
+        **first,
+        "ntokens": src.numel(),
+        "net_input": {**net, "src_tokens": src, "src_lengths": torch.full_like(net["src_lengths"], src.size(1))},
+        "target": torch.cat([first["target"], second["target"]], dim=1),
+    }
+
+
+def resegment(batches: Iterable[Dict[str, Any]], seg_len: Optional[int]) -> Iterator[Dict[str, Any]]:
+    """Consecutive evaluation windows re-cut into segments of exactly ``seg_len`` columns (the last
+    may be shorter), whatever the window length: the authors' segmentation of the stream.
+
+    ``carry_pos`` follows the columns, so the carried state and the cache pointer continue
+    from one segment to the next exactly as across windows.
+    """
+    if not seg_len:
+        yield from batches
+        return
+    pending = None
+    for batch in batches:
+        pending = batch if pending is None else _join(pending, batch)
+        tlen, a = pending["target"].size(1), 0
+        while tlen - a >= seg_len:
+            yield _columns(pending, a, a + seg_len)
+            a += seg_len
+        pending = _columns(pending, a, tlen) if a < tlen else None
+    if pending is not None:
+        yield pending
 
 
 class _AdaptingIterator:
@@ -230,21 +250,20 @@ class DynamicEvaluator:
         decoder = model.decoder
         outputs: List[torch.Tensor] = []
         with self._keep_graph(decoder, outputs):
-            for batch in batches:
-                for segment in split_sample(batch, seg_len):
-                    outputs.clear()
-                    yield segment
-                    if len(outputs) != 1:
-                        raise RuntimeError(f"dynamic evaluation expected one forward per segment, saw {len(outputs)}")
-                    target = segment["target"].to(outputs[0].device)
-                    loss = decoder.nll(outputs[0].transpose(0, 1), target).mean()
-                    self.step(loss)
-                    outputs.clear()
+            for segment in resegment(batches, seg_len):
+                outputs.clear()
+                yield segment
+                if len(outputs) != 1:
+                    raise RuntimeError(f"dynamic evaluation expected one forward per segment, saw {len(outputs)}")
+                target = segment["target"].to(outputs[0].device)
+                loss = decoder.nll(outputs[0].transpose(0, 1), target).mean()
+                self.step(loss)
+                outputs.clear()
 
     def wrap(self, model, batches, seg_len: Optional[int], window_len: int):
         """An iterable with a length (fairseq's progress bar asks for one) over the adapted segments."""
-        per_window = max(1, math.ceil(window_len / seg_len)) if seg_len else 1
-        return _AdaptingIterator(self, model, batches, seg_len, len(batches) * per_window)
+        approx = math.ceil(len(batches) * window_len / seg_len) if seg_len else len(batches)
+        return _AdaptingIterator(self, model, batches, seg_len, approx)
 
 
 def _detach(state):

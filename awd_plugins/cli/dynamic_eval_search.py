@@ -53,6 +53,8 @@ def evaluate(model, task, split: str, evaluator=None, seg_len: Optional[int] = N
     scores = positional_scores(model, batches, task.target_dictionary)
     try:
         for window in scores:
+            if max_tokens:
+                window = window.reshape(-1)[: max_tokens - count]  # exactly the first N targets (batch 1)
             total -= window.double().sum().item()
             count += window.numel()
             if max_tokens and count >= max_tokens:
