@@ -139,7 +139,9 @@ def main(argv=None):
 
 
 def cli_main():
-    main()
+    from awd_plugins.cli.atomic import run_command
+
+    run_command("awd-dynamic-eval-search", main)
 
 
 if __name__ == "__main__":

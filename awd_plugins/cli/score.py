@@ -250,8 +250,8 @@ def main(argv=None):
         raise AwdUserError(f"--bptt must be positive, got {args.bptt}")
     if args.state == "reset" and (args.pointer_window > 0 or args.dynamic_eval):
         raise AwdUserError("the cache pointer and dynamic evaluation need --state carry")
-    if args.output and os.path.isdir(args.output):
-        raise AwdUserError(f"--output {args.output} is a directory")
+    if args.output and os.path.exists(args.output):
+        raise AwdUserError(f"--output {args.output} already exists: choose a new name (nothing is overwritten)")
     if args.dynamic_eval:
         dynamic_eval.check_options(args.dynamic_eval, args.dynamic_eval_lr, args.dynamic_eval_decay,
                                    args.dynamic_eval_bptt, args.dynamic_eval_epsilon)
@@ -282,7 +282,9 @@ def main(argv=None):
 
 
 def cli_main():
-    main()
+    from awd_plugins.cli.atomic import run_command
+
+    run_command("awd-score", main)
 
 
 if __name__ == "__main__":
