@@ -101,6 +101,13 @@ class AwdLanguageModelingConfig(FairseqDataclass):
         default=0, metadata={"help": "rms rule: training batches for the gradient statistics (0 = the whole split)"}
     )
     dynamic_eval_stats_bsz: int = field(default=100, metadata={"help": "rms rule: streams per statistics batch"})
+    knn_datastore: Optional[str] = field(
+        default=None, metadata={"help": "fairseq-eval-lm: kNN-LM (Khandelwal et al. 2020) over this awd-datastore folder"}
+    )
+    knn_k: int = field(default=1024, metadata={"help": "kNN-LM: neighbours retrieved per position"})
+    knn_lambda: float = field(default=0.25, metadata={"help": "kNN-LM: mixing weight λ of p_kNN (0 = plain evaluation)"})
+    knn_temperature: float = field(default=1.0, metadata={"help": "kNN-LM: temperature T of softmax(−distance/T)"})
+    knn_nprobe: int = field(default=32, metadata={"help": "kNN-LM: inverted lists searched by an ivf datastore"})
     tokens_per_sample: int = field(
         default=1024, metadata={"help": "unused: accepted so that fairseq-eval-lm's --context-window parses (state is carried instead)"}
     )
@@ -269,6 +276,13 @@ class AwdLanguageModelingTask(FairseqTask):
                 f"cache pointer: window {self.cfg.pointer_window}, theta {self.cfg.pointer_theta}, "
                 f"lambda {self.cfg.pointer_lambda}"
             )
+        if self.cfg.knn_datastore:
+            from awd_plugins.knn import KnnDatastore
+
+            c = self.cfg
+            model.knn = KnnDatastore.load(c.knn_datastore, len(self.dictionary), c.knn_k, c.knn_lambda,
+                                          c.knn_temperature, c.knn_nprobe)
+            logger.info(f"kNN-LM: {model.knn.index.ntotal:,} keys from {c.knn_datastore}, k {c.knn_k}, lambda {c.knn_lambda}")
         return model
 
     # -- training hooks ------------------------------------------------------------------
