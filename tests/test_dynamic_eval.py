@@ -201,8 +201,10 @@ TRAIN = ["--task", "awd_language_modeling", "--arch", "awd_lstm", "--emsize", "1
 def checkpoint(small_bin, tmp_path_factory):
     from conftest import PLUGIN, cli, run
 
-    save = tmp_path_factory.mktemp("dyn")
-    run(cli("fairseq-train") + [small_bin, *TRAIN, "--save-dir", str(save), "--user-dir", PLUGIN], env=ONE_THREAD)
+    # trained once per session, shared by test_dynamic_eval, test_score and test_knn
+    save = tmp_path_factory.getbasetemp() / "evalx_tiny_checkpoint"
+    if not (save / "checkpoint_last.pt").exists():
+        run(cli("fairseq-train") + [small_bin, *TRAIN, "--save-dir", str(save), "--user-dir", PLUGIN], env=ONE_THREAD)
     return str(save / "checkpoint_last.pt")
 
 
