@@ -277,7 +277,7 @@ def from_task(task, model) -> DynamicEvaluator:
     cfg = task.cfg
     check_options(cfg.dynamic_eval, cfg.dynamic_eval_lr, cfg.dynamic_eval_decay, cfg.dynamic_eval_bptt,
                   cfg.dynamic_eval_epsilon)
-    if model is None or not hasattr(getattr(model, "decoder", None), "run"):
+    if model is None or model is False or not hasattr(getattr(model, "decoder", None), "run"):
         raise AwdUserError("--dynamic-eval needs an awd_plugins recurrent model (one checkpoint, no ensemble)")
     if any(p.dtype == torch.half for p in model.parameters()):
         raise AwdUserError("--dynamic-eval updates the weights in place: evaluate in fp32 (drop --fp16)")

@@ -262,7 +262,8 @@ class AwdLanguageModelingTask(FairseqTask):
     # -- model ---------------------------------------------------------------------------
     def build_model(self, cfg, from_checkpoint=False):
         model = super().build_model(cfg, from_checkpoint)
-        self._model = model  # for --dynamic-eval, which fairseq-eval-lm's dataloader hook wraps
+        # for --dynamic-eval, which fairseq-eval-lm's dataloader hook wraps (False: an ensemble)
+        self._model = model if self._model is None else False
         if self.cfg.pointer_window > 0:
             if not hasattr(model, "set_pointer"):
                 raise AwdUserError(
