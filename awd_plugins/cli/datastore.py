@@ -21,7 +21,7 @@ import time
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="awd-datastore", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="awd-datastore", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--path", required=True, help="checkpoint (e.g. checkpoints/checkpoint_best.pt)")
     parser.add_argument("--data", required=True, help="the data-bin the model was trained on")
     parser.add_argument("--subset", default="train", help="split to store (default train)")

@@ -68,7 +68,7 @@ def evaluate(model, task, split: str, evaluator=None, seg_len: Optional[int] = N
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="awd-dynamic-eval-search", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="awd-dynamic-eval-search", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("data", help="the data-bin the model was trained on")
     parser.add_argument("--path", required=True, help="checkpoint (e.g. checkpoints/checkpoint_best.pt)")
     parser.add_argument("--rule", choices=["sgd", "rms"], default="rms", help="update rule (default rms)")

@@ -214,7 +214,7 @@ def tsv_header(per_token: bool) -> str:
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
-        prog="awd-score", description=__doc__.split("\n\n")[0],
+        prog="awd-score", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Lines are tokenized like the corpus; </s> ends every line and is scored.",
     )
     parser.add_argument("input", nargs="?", help="UTF-8 text file, one item per line (default: standard input)")
