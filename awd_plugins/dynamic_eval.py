@@ -191,6 +191,7 @@ class DynamicEvaluator:
         # dynamiceval.py: the mean of each tensor's mean MS, then r = MS / that, clipped at 1/λ
         gsum = sum(ms.mean() for ms in self.ms) / len(self.ms)
         self.decay_rate = [ms / gsum if gsum > 0 else torch.zeros_like(ms) for ms in self.ms]
+        self._rates_for = None
         return nbatches
 
     # -- one update --------------------------------------------------------------------
@@ -204,13 +205,19 @@ class DynamicEvaluator:
         if self.rule == "rms":
             if self.ms is None:
                 raise AwdUserError("the rms rule needs gradient statistics: call collect_statistics first")
-            for p, p0, g, ms, r in zip(self.params, self.trained, grads, self.ms, self.decay_rate):
-                rate = r.clamp(max=1.0 / lam) if lam > 0 else r
+            for p, p0, g, ms, rate in zip(self.params, self.trained, grads, self.ms, self._clipped_rates(lam)):
                 p.add_((lam * rate * (p0 - p) - eta * g / (ms + self.epsilon)).to(p.dtype))
         else:
             for p, p0, g in zip(self.params, self.trained, grads):
                 p.add_((lam * (p0 - p) - eta * g).to(p.dtype))
         self.updates += 1
+
+    def _clipped_rates(self, lam: float) -> List[torch.Tensor]:
+        """min(r, 1/λ): dynamiceval.py clips the decay rates so that a decay step never overshoots θ_g."""
+        if getattr(self, "_rates_for", None) != lam:
+            self._rates = [r.clamp(max=1.0 / lam) if lam > 0 else r for r in self.decay_rate]
+            self._rates_for = lam
+        return self._rates
 
     def step(self, loss: torch.Tensor):
         """θ ← update(θ, ∇loss): one gradient step with the decay toward θ_g."""
