@@ -149,7 +149,9 @@ class DynamicEvaluator:
     def __init__(self, model, rule: str, lr: float, decay: float, epsilon: float = DEFAULT_EPSILON):
         check_options(rule, lr, decay, None, epsilon)
         self.rule, self.lr, self.decay, self.epsilon = rule, lr, decay, epsilon
-        self.params: List[torch.nn.Parameter] = [p for p in model.parameters() if p.dtype.is_floating_point]
+        self.params: List[torch.nn.Parameter] = [
+            p for p in model.parameters() if p.dtype.is_floating_point and p.requires_grad
+        ]
         self.trained = [p.detach().clone() for p in self.params]  # θ_g
         self.ms: Optional[List[torch.Tensor]] = None  # sqrt(mean g²) per element (rms)
         self.decay_rate: Optional[List[torch.Tensor]] = None  # r = MS / mean(MS) (rms)
