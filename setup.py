@@ -19,13 +19,20 @@ setup(
         "tensorboardX",
         "matplotlib",
     ],
-    extras_require={"test": ["pytest", 'triton; platform_system == "Linux" and platform_machine == "x86_64"']},
+    extras_require={
+        # the test extra installs the optional backends too, so that their tests run in CI
+        "test": ["pytest", 'triton; platform_system == "Linux" and platform_machine == "x86_64"', "faiss-cpu"],
+        "knn": ["faiss-cpu"],
+    },
     entry_points={
         "console_scripts": [
             "awd-help=awd_plugins.cli.help:cli_main",
             "awd-plot=awd_plugins.cli.plot_curves:cli_main",
             "awd-detokenize=awd_plugins.cli.detokenize:cli_main",
             "awd-pointer-search=awd_plugins.cli.pointer_search:cli_main",
+            "awd-score=awd_plugins.cli.score:cli_main",
+            "awd-dynamic-eval-search=awd_plugins.cli.dynamic_eval_search:cli_main",
+            "awd-datastore=awd_plugins.cli.datastore:cli_main",
         ]
     },
 )

@@ -189,6 +189,10 @@ class RecurrentLanguageModel(FairseqLanguageModel):
             # exp(-5000) = 0 in fp32 and torch.multinomial rejects the all-zero row. A floor of
             # e^-80 per token (under 1e-30 of mass over any vocabulary) keeps every row valid.
             return super().get_normalized_probs(net_output, True, sample).clamp(min=-80.0)
+        knn = getattr(self, "knn", None)  # a kNN-LM datastore (awd_plugins.knn), set by the task
+        if knn is not None and self.pointer is None and not self.training and sample is not None:
+            mixed = knn(super().get_normalized_probs(net_output, True, sample), net_output[1]["raw_out"])
+            return mixed if log_probs else mixed.exp()
         if self.pointer is None or self.training or sample is None or "carry_key" not in sample.get("net_input", {}):
             return super().get_normalized_probs(net_output, log_probs, sample)
         net_input = sample["net_input"]
@@ -200,4 +204,6 @@ class RecurrentLanguageModel(FairseqLanguageModel):
             raise AwdUserError("the cache pointer needs whole windows: leave fairseq-eval-lm's --softmax-batch at its default")
         lprobs = super().get_normalized_probs(net_output, True, sample)
         mixed = self.pointer(lprobs, net_output[1]["raw_out"], sample["target"])
+        if knn is not None:
+            mixed = knn(mixed, net_output[1]["raw_out"])  # p_kNN mixed over the pointer's mixture
         return mixed if log_probs else mixed.exp()

@@ -36,7 +36,7 @@ from fairseq.data import (
     data_utils,
     iterators,
 )
-from fairseq.dataclass import FairseqDataclass
+from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.distributed import utils as distributed_utils
 from fairseq.tasks import FairseqTask, register_task
 from omegaconf import II
@@ -50,6 +50,7 @@ from awd_plugins.data.stream_dataset import (
     training_windows,
     window_columns,
 )
+from awd_plugins import dynamic_eval
 from awd_plugins.errors import AwdUserError
 from awd_plugins.optim import nt_asgd
 from awd_plugins.tasks import _input_checks
@@ -91,6 +92,28 @@ class AwdLanguageModelingConfig(FairseqDataclass):
     )
     pointer_theta: float = field(default=1.0, metadata={"help": "pointer inverse temperature θ on raw dot products (PTB 1.0, WT2 0.662)"})
     pointer_lambda: float = field(default=0.1, metadata={"help": "pointer mixing weight λ (PTB 0.1, WT2 0.1279)"})
+    dynamic_eval: Optional[ChoiceEnum(["sgd", "rms"])] = field(
+        default=None,
+        metadata={"help": "fairseq-eval-lm: dynamic evaluation (Krause et al. 2018), adapting the weights to each "
+                  "scored segment with this rule (rms: RMS-normalised with training-set statistics)"},
+    )
+    dynamic_eval_lr: float = field(default=5e-5, metadata={"help": "dynamic evaluation learning rate η (0 = plain evaluation)"})
+    dynamic_eval_decay: float = field(default=0.002, metadata={"help": "dynamic evaluation decay λ toward the trained weights"})
+    dynamic_eval_bptt: Optional[int] = field(
+        default=5, metadata={"help": "dynamic evaluation segment length (one update per segment; the paper's 5)"}
+    )
+    dynamic_eval_epsilon: float = field(default=2e-5, metadata={"help": "rms rule: ε added to the gradient RMS"})
+    dynamic_eval_stats_batches: int = field(
+        default=0, metadata={"help": "rms rule: training batches for the gradient statistics (0 = the whole split)"}
+    )
+    dynamic_eval_stats_bsz: int = field(default=100, metadata={"help": "rms rule: streams per statistics batch"})
+    knn_datastore: Optional[str] = field(
+        default=None, metadata={"help": "fairseq-eval-lm: kNN-LM (Khandelwal et al. 2020) over this awd-datastore folder"}
+    )
+    knn_k: int = field(default=1024, metadata={"help": "kNN-LM: neighbours retrieved per position"})
+    knn_lambda: float = field(default=0.25, metadata={"help": "kNN-LM: mixing weight λ of p_kNN (0 = plain evaluation)"})
+    knn_temperature: float = field(default=1.0, metadata={"help": "kNN-LM: temperature T of softmax(−distance/T)"})
+    knn_nprobe: int = field(default=32, metadata={"help": "kNN-LM: inverted lists searched by an ivf datastore"})
     tokens_per_sample: int = field(
         default=1024, metadata={"help": "unused: accepted so that fairseq-eval-lm's --context-window parses (state is carried instead)"}
     )
@@ -109,6 +132,7 @@ class AwdLanguageModelingTask(FairseqTask):
         self._seq_len = None
         self._train_itr = None
         self._valid_epoch, self._valid_observed = 0, True
+        self._model = None
 
     @classmethod
     def setup_task(cls, cfg: AwdLanguageModelingConfig, **kwargs):
@@ -210,7 +234,11 @@ class AwdLanguageModelingTask(FairseqTask):
                 "'Loss (base 2)' fairseq-eval-lm prints is the bits per character (bpc)"
             )
         itr = self._stream_iterator(dataset, bsz, training=False, num_workers=num_workers, key="eval")
-        return itr.next_epoch_itr(shuffle=False)
+        batches = itr.next_epoch_itr(shuffle=False)
+        if self.cfg.dynamic_eval:  # adapt the model to each segment after it is scored
+            evaluator = dynamic_eval.from_task(self, self._model)
+            return evaluator.wrap(self._model, batches, self.cfg.dynamic_eval_bptt, self.cfg.bptt)
+        return batches
 
     # -- sampling (fairseq-interactive, hub .sample()) ------------------------------------
     def build_dataset_for_inference(self, src_tokens, src_lengths, **kwargs):
@@ -243,6 +271,8 @@ class AwdLanguageModelingTask(FairseqTask):
     # -- model ---------------------------------------------------------------------------
     def build_model(self, cfg, from_checkpoint=False):
         model = super().build_model(cfg, from_checkpoint)
+        # for --dynamic-eval, which fairseq-eval-lm's dataloader hook wraps (False: an ensemble)
+        self._model = model if self._model is None else False
         if self.cfg.pointer_window > 0:
             if not hasattr(model, "set_pointer"):
                 raise AwdUserError(
@@ -256,6 +286,13 @@ class AwdLanguageModelingTask(FairseqTask):
                 f"cache pointer: window {self.cfg.pointer_window}, theta {self.cfg.pointer_theta}, "
                 f"lambda {self.cfg.pointer_lambda}"
             )
+        if self.cfg.knn_datastore:
+            from awd_plugins.knn import KnnDatastore
+
+            c = self.cfg
+            model.knn = KnnDatastore.load(c.knn_datastore, len(self.dictionary), c.knn_k, c.knn_lambda,
+                                          c.knn_temperature, c.knn_nprobe)
+            logger.info(f"kNN-LM: {model.knn.index.ntotal:,} keys from {c.knn_datastore}, k {c.knn_k}, lambda {c.knn_lambda}")
         return model
 
     # -- training hooks ------------------------------------------------------------------

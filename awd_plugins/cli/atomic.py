@@ -1,0 +1,57 @@
+"""Atomic outputs for the commands (write beside the target, then ``os.replace``), and their exit.
+
+A command interrupted half-way (or failing on bad input) leaves no partial file and
+never touches an existing one; a reader sees the old file or the complete new one.
+"""
+
+import os
+import sys
+import tempfile
+from contextlib import contextmanager
+
+
+@contextmanager
+def atomic_file(path: str, mode: str = "w", encoding: str = "utf-8"):
+    """``with atomic_file(path) as f: ...`` writes ``path`` only if the block completes."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": encoding})) as f:
+            yield f
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+@contextmanager
+def atomic_dir(path: str):
+    """``with atomic_dir(out) as tmp: ...`` builds a folder in ``tmp`` and moves it to ``path``.
+
+    ``path`` must not exist yet (the caller checks, so that nothing is overwritten).
+    """
+    parent = os.path.dirname(os.path.abspath(path))
+    tmp = tempfile.mkdtemp(prefix="." + os.path.basename(os.path.abspath(path)) + ".", suffix=".tmp", dir=parent)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def run_command(prog: str, main, argv=None):
+    """Run a command's ``main``; bad input (:class:`AwdUserError`) → one ``prog: error: ...`` line, exit 2."""
+    from awd_plugins.errors import user_error_in_chain
+
+    try:
+        return main(argv)
+    except Exception as e:
+        err = user_error_in_chain(e)
+        if err is None:
+            raise
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        sys.exit(2)
