@@ -1,7 +1,7 @@
 """The compatibility shims the plugin applies at import (FAIRSEQ_NOTES §6, §11).
 
-Each answers one upstream break of fairseq 0.12.x on current torch/numpy; nothing
-else in fairseq is patched.
+Each answers one upstream break of fairseq 0.12.x on current torch/numpy, or (guard_checkpoints)
+one unsafe behaviour of its checkpoint handling; nothing else in fairseq is patched.
 """
 
 import argparse
@@ -41,6 +41,15 @@ def restore_numpy_compat():
         np.compat = types.SimpleNamespace(long=np.int64)
 
 
+def guard_checkpoints():
+    """Checkpoint loading names only this package's model/task, files appear atomically,
+    and resume never silently starts over: see :mod:`awd_plugins.checkpoints` (issue #12)."""
+    from awd_plugins import checkpoints
+
+    checkpoints.install()
+
+
 def apply():
     restore_numpy_compat()
     allow_checkpoint_globals()
+    guard_checkpoints()

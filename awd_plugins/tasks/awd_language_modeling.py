@@ -41,6 +41,7 @@ from fairseq.distributed import utils as distributed_utils
 from fairseq.tasks import FairseqTask, register_task
 from omegaconf import II
 
+from awd_plugins.carried_state import CarriedTrainingState
 from awd_plugins.data.stream_dataset import (
     StreamDataset,
     TokenStream,
@@ -90,6 +91,8 @@ class AwdLanguageModelingConfig(FairseqDataclass):
     )
     seed: int = II("common.seed")
     train_subset: str = II("dataset.train_subset")
+    save_interval_updates: int = II("checkpoint.save_interval_updates")
+    max_update: int = II("optimization.max_update")
 
 
 @register_task("awd_language_modeling", dataclass=AwdLanguageModelingConfig)
@@ -103,6 +106,8 @@ class AwdLanguageModelingTask(FairseqTask):
         self._seq_len = None
         self._train_itr = None
         self._valid_epoch, self._valid_observed = 0, True
+        self._training_state = None  # CarriedTrainingState, created with the first training epoch
+        self._num_updates = 0
 
     @classmethod
     def setup_task(cls, cfg: AwdLanguageModelingConfig, **kwargs):
@@ -252,6 +257,21 @@ class AwdLanguageModelingTask(FairseqTask):
     # -- training hooks ------------------------------------------------------------------
     def begin_epoch(self, epoch, model):
         model.reset_carried_state(self.cfg.train_subset)
+        self.training_state.begin_epoch(epoch, model)  # a mid-epoch resume carries the saved state in
+
+    @property
+    def training_state(self) -> CarriedTrainingState:
+        if self._training_state is None:
+            self._training_state = CarriedTrainingState(self.cfg.train_subset)
+        return self._training_state
+
+    def get_checkpoint_dict(self):
+        # fairseq stores this under extra_state[<task class name>] (rank 0 only)
+        return {type(self).__name__: {"carried_state": self.training_state.state_for_checkpoint(self._num_updates)}}
+
+    def set_checkpoint_dict(self, state):
+        if isinstance(state, dict) and "carried_state" in state:
+            self.training_state.load_from_checkpoint(state["carried_state"])
 
     def begin_valid_epoch(self, epoch, model):
         model.reset_carried_state(keep=self.cfg.train_subset)
@@ -275,7 +295,10 @@ class AwdLanguageModelingTask(FairseqTask):
         nt_asgd.swap_out_average(optimizer)
         if sample and "net_input" in sample:
             self._seq_len = self._sampled_len.get(int(sample["net_input"]["carry_pos"]), sample["target"].size(1))
-        return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
+        out = super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
+        self._num_updates = update_num + 1
+        self.training_state.after_update(self._num_updates, self.cfg.save_interval_updates, self.cfg.max_update)
+        return out
 
     def optimizer_step(self, optimizer, model, update_num):
         if self.cfg.no_lr_rescale or self._seq_len is None:
