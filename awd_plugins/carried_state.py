@@ -43,6 +43,14 @@ def _decoder(model):
     return getattr(model, "decoder", None)
 
 
+def _shapes(state) -> List[Any]:
+    """Each tensor's shape after dim 0 (batch, features), in order: attention memories grow
+    along dim 0, everything else must match the model's zero state."""
+    shapes: List[Any] = []
+    map_state(lambda t: shapes.append(tuple(t.shape[1:])) or t, state)
+    return shapes
+
+
 class CarriedTrainingState:
     """What the task puts into a checkpoint so that the training streams continue after a resume."""
 
@@ -80,9 +88,11 @@ class CarriedTrainingState:
         self._gathered = {"num_updates": num_updates, "ranks": ranks}
 
     # -- checkpoint hooks -------------------------------------------------------------------
-    def state_for_checkpoint(self, num_updates: int) -> Dict[str, Any]:
+    def state_for_checkpoint(self, num_updates: int, end_of_epoch: bool) -> Dict[str, Any]:
         world, _ = _world()
-        if world == 1:
+        if end_of_epoch:  # the next epoch starts its streams from zeros
+            ranks = [None] * world
+        elif world == 1:
             ranks = [self._local()]
         elif self._gathered is not None and self._gathered["num_updates"] == num_updates:
             ranks = self._gathered["ranks"]
@@ -104,7 +114,10 @@ class CarriedTrainingState:
                 f"{world}: the streams restart from zeros"
             )
             return
-        mine = saved["ranks"][rank]
+        try:
+            mine = saved["ranks"][rank]
+        except (KeyError, IndexError, TypeError):
+            mine = None
         if mine is not None:
             self._pending = {"epoch": saved.get("epoch"), "carry": mine}
 
@@ -116,9 +129,18 @@ class CarriedTrainingState:
         if pending is None or pending["epoch"] != epoch:
             return
         decoder = _decoder(model)
-        if decoder is not None and hasattr(decoder, "import_carried_state"):
-            decoder.import_carried_state(self.key, pending["carry"])
-            logger.info(
-                f"carried training state restored: the window at column "
-                f"{pending['carry']['pos'] + pending['carry']['length']} continues the checkpointed streams"
-            )
+        if decoder is None or not hasattr(decoder, "import_carried_state"):
+            return
+        carry = pending["carry"]
+        try:
+            fits = _shapes(carry["state"]) == _shapes(decoder.init_state(int(carry["bsz"]), decoder.embed_tokens.weight))
+        except (KeyError, TypeError, ValueError):
+            fits = False
+        if not fits:
+            logger.warning("the checkpoint's carried training state does not fit this model: the streams restart from zeros")
+            return
+        decoder.import_carried_state(self.key, carry)
+        logger.info(
+            f"carried training state restored: the window at column {carry['pos'] + carry['length']} "
+            "continues the checkpointed streams"
+        )

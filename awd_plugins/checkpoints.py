@@ -5,24 +5,26 @@ fairseq reads every checkpoint through ``checkpoint_utils.load_checkpoint_to_cpu
 the hub's ``from_pretrained``, ``pointer_search`` through ``load_model_ensemble_and_task``;
 ``fairseq-train --restore-file`` / ``--finetune-from-model`` through the trainer) and
 writes them in ``checkpoint_utils.save_checkpoint``. :func:`install` (called by
-``compat.apply()`` at plugin import) wraps three of its functions:
+``compat.apply()`` at plugin import) wraps these functions of that module:
 
-* **loading untrusted files** (:func:`load_checkpoint_to_cpu`): a file that is not a
+* **loading untrusted files** (``load_checkpoint_to_cpu``, ``_upgrade_state_dict``,
+  ``load_model_ensemble_and_task``): a file that is not a
   readable torch file of a dict (missing, empty, truncated, text, a pickle that needs
   code: refused by torch's ``weights_only`` loader), or whose stored configuration
   names a model architecture or a task that this package does not register, is
   refused with one :class:`~awd_plugins.errors.AwdUserError` line *before* anything
-  is built from it. The configuration is a dict of strings, but fairseq builds
+  is built from it (checked on the state as loaded, before fairseq's upgrade of old
+  checkpoints, and again after it). The configuration is a dict of strings, but fairseq builds
   whatever it names, and some of fairseq's own models ``eval()`` strings of their
   config (``transformer_lm``'s ``character_filters``, ``fconv``'s layer lists), so
   a file made only of dicts and strings could run code. Names of components the user
   trusts can be added with ``AWD_TRUSTED_CHECKPOINT_COMPONENTS=name,name``.
-* **atomic checkpoint files** (:func:`_atomic_copy`): fairseq writes
+* **atomic checkpoint files** (``PathManager.copy`` → :func:`atomic_copy`): fairseq writes
   ``checkpoint_E_U.pt`` to ``.tmp`` and renames it, but then *copies* it over
   ``checkpoint_best.pt`` / ``checkpoint_last.pt`` in place, so a kill during the copy
   left an empty best/last file. The copy now goes to a temporary name in the same
   folder, is flushed, and replaces the destination with ``os.replace``.
-* **resume** (:func:`load_checkpoint`): a ``checkpoint_last.pt`` that does not load is
+* **resume** (``load_checkpoint``, training only): a ``checkpoint_last.pt`` that does not load is
   reported in one line and the run resumes from the newest checkpoint of the save
   dir that loads (or stops with that line when none does); resuming an existing
   ``--save-dir`` is announced; a ``--restore-file`` / ``--finetune-from-model`` that
@@ -149,17 +151,40 @@ def _unreadable_reason(path, exc) -> str:
     return f"not a readable checkpoint ({size:,} bytes; truncated, or not a torch file: {type(exc).__name__}: {first[:120]})"
 
 
+def check_structure(state, path="checkpoint"):
+    if not isinstance(state, dict):
+        raise UnreadableCheckpoint(path, f"holds a {type(state).__name__}, not a fairseq checkpoint")
+    if not isinstance(state.get("model"), dict):
+        raise UnreadableCheckpoint(path, "holds no model weights ('model' entry): not a fairseq checkpoint")
+    check_components(state, path)
+
+
+def make_upgrade_state_dict(original):
+    """fairseq's upgrade of old checkpoints, run only on a state that passed :func:`check_structure`."""
+
+    def _upgrade_state_dict(state):
+        check_structure(state, path=_loading.get("path", "checkpoint"))
+        return original(state)
+
+    _upgrade_state_dict.awd_guard = True
+    return _upgrade_state_dict
+
+
+_loading = {}  # the path being loaded, for the messages of the upgrade guard
+
+
 def make_load_checkpoint_to_cpu(original):
     def load_checkpoint_to_cpu(path, arg_overrides=None, load_on_all_ranks=False):
+        _loading["path"] = path
         try:
             state = original(path, arg_overrides, load_on_all_ranks)
         except (AwdUserError, KeyboardInterrupt):
             raise
         except Exception as e:  # torch.load / unpickling errors of any kind
             raise UnreadableCheckpoint(path, _unreadable_reason(path, e)) from None
-        if not isinstance(state, dict):
-            raise UnreadableCheckpoint(path, f"holds a {type(state).__name__}, not a fairseq checkpoint")
-        check_components(state, path)
+        finally:
+            _loading.pop("path", None)
+        check_structure(state, path)  # again after the upgrade, which may rename components
         return state
 
     load_checkpoint_to_cpu.__doc__ = (original.__doc__ or "") + "\n(awd_plugins: readable dicts naming this package's model and task only.)"
@@ -297,6 +322,8 @@ def install():
 
     if not getattr(checkpoint_utils.load_checkpoint_to_cpu, "awd_guard", False):
         checkpoint_utils.load_checkpoint_to_cpu = make_load_checkpoint_to_cpu(checkpoint_utils.load_checkpoint_to_cpu)
+    if not getattr(checkpoint_utils._upgrade_state_dict, "awd_guard", False):
+        checkpoint_utils._upgrade_state_dict = make_upgrade_state_dict(checkpoint_utils._upgrade_state_dict)
     if not getattr(checkpoint_utils.load_model_ensemble_and_task, "awd_guard", False):
         checkpoint_utils.load_model_ensemble_and_task = make_load_model_ensemble_and_task(
             checkpoint_utils.load_model_ensemble_and_task

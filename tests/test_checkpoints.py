@@ -324,3 +324,69 @@ def _load_any(path):
     if not os.path.exists(path):
         return checkpoint_utils.load_model_ensemble_and_task([str(path)])
     return checkpoint_utils.load_checkpoint_to_cpu(str(path))
+
+
+def test_torch_files_that_are_not_checkpoints_refused(tmp_path, uninterrupted):
+    from fairseq import checkpoint_utils
+
+    real = torch.load(uninterrupted[0] / "checkpoint_last.pt", weights_only=True)
+    cases = {
+        "list.pt": ([torch.zeros(2)], "holds a list"),
+        "weights_only.pt": ({"decoder.embed_tokens.weight": torch.zeros(2, 2)}, "no model weights"),
+        "no_config.pt": ({"model": real["model"]}, "neither 'args' nor 'cfg'"),
+        "no_arch.pt": ({**real, "cfg": {**real["cfg"], "model": {"emsize": 16}}}, "model architecture None"),
+    }
+    for name, (obj, words) in cases.items():
+        torch.save(obj, tmp_path / name)
+        with pytest.raises(AwdUserError, match=re.escape(words)):
+            checkpoint_utils.load_checkpoint_to_cpu(str(tmp_path / name))
+
+
+def _tiny_decoders():
+    from _helpers import dictionary_of_size, model_cfg
+    from awd_plugins.models.awd_lstm import AwdLstmConfig, AwdLstmDecoder
+    from awd_plugins.models.awd_qrnn import AwdQrnnConfig, AwdQrnnDecoder
+    from awd_plugins.models.sha_rnn import ShaRnnConfig, ShaRnnDecoder
+    from awd_plugins.models.srupp import SruDecoder, SruppConfig
+
+    yield AwdLstmDecoder(model_cfg(AwdLstmConfig, emsize=8, nhid=12, nlayers=2), dictionary_of_size(30))
+    yield AwdQrnnDecoder(model_cfg(AwdQrnnConfig, emsize=6, nhid=10, nlayers=3), dictionary_of_size(30))
+    yield ShaRnnDecoder(ShaRnnConfig(emsize=8, nhid=24, nlayers=3), dictionary_of_size(30))
+    yield SruDecoder(model_cfg(SruppConfig, n_d=12, n_proj=6, depth=3, attn_every=2), dictionary_of_size(30),
+                     attention=True)
+
+
+def test_carried_state_round_trip_through_a_checkpoint_for_every_architecture(tmp_path):
+    """Window 2 after a save/load of the state carried out of window 1 = window 2 carried in memory."""
+    import copy
+    from types import SimpleNamespace
+
+    from awd_plugins.carried_state import CarriedTrainingState
+
+    torch.manual_seed(0)
+    tokens = torch.randint(4, 30, (3, 14))
+    for decoder in _tiny_decoders():
+        decoder.eval()
+        fresh = copy.deepcopy(decoder)
+        decoder(tokens[:, :6], carry_key="train", carry_pos=0)
+        continued, _ = decoder(tokens[:, 6:], carry_key="train", carry_pos=6)
+
+        saving = CarriedTrainingState("train")
+        saving.begin_epoch(2, SimpleNamespace(decoder=decoder))
+        decoder(tokens[:, :6], carry_key="train", carry_pos=0)  # window 1 again: its state is what is saved
+        torch.save(saving.state_for_checkpoint(num_updates=1, end_of_epoch=False), tmp_path / "carry.pt")
+
+        loading = CarriedTrainingState("train")
+        loading.load_from_checkpoint(torch.load(tmp_path / "carry.pt", weights_only=True))
+        loading.begin_epoch(2, SimpleNamespace(decoder=fresh))
+        resumed, _ = fresh(tokens[:, 6:], carry_key="train", carry_pos=6)
+        assert torch.equal(resumed, continued), type(decoder).__name__
+        from_zeros, _ = copy.deepcopy(decoder)(tokens[:, 6:], carry_key="other", carry_pos=6)
+        assert not torch.equal(resumed, from_zeros)  # the carried state matters
+
+        other_epoch = CarriedTrainingState("train")  # saved in epoch 2, resumed into epoch 3: not used
+        other_epoch.load_from_checkpoint(torch.load(tmp_path / "carry.pt", weights_only=True))
+        again = copy.deepcopy(decoder)
+        again.reset_carried_state()
+        other_epoch.begin_epoch(3, SimpleNamespace(decoder=again))
+        assert again.export_carried_state("train") is None

@@ -267,7 +267,9 @@ class AwdLanguageModelingTask(FairseqTask):
 
     def get_checkpoint_dict(self):
         # fairseq stores this under extra_state[<task class name>] (rank 0 only)
-        return {type(self).__name__: {"carried_state": self.training_state.state_for_checkpoint(self._num_updates)}}
+        end_of_epoch = self._train_itr is None or self._train_itr.end_of_epoch()
+        saved = self.training_state.state_for_checkpoint(self._num_updates, end_of_epoch)
+        return {type(self).__name__: {"carried_state": saved}}
 
     def set_checkpoint_dict(self, state):
         if isinstance(state, dict) and "carried_state" in state:
