@@ -185,6 +185,7 @@ def make_load_checkpoint_to_cpu(original):
         finally:
             _loading.pop("path", None)
         check_structure(state, path)  # again after the upgrade, which may rename components
+        _loading["resumed_cfg"] = state.get("cfg")  # for the notice of load_checkpoint
         return state
 
     load_checkpoint_to_cpu.__doc__ = (original.__doc__ or "") + "\n(awd_plugins: readable dicts naming this package's model and task only.)"
@@ -252,6 +253,39 @@ def make_path_manager(base):
 
 
 # -- resuming ---------------------------------------------------------------------------
+# options that a resume of the same experiment may change (train longer, save differently)
+_RESUME_MAY_CHANGE = {"task.save_interval_updates", "task.max_update", "task.data"}
+_COMPARED = ("model", "task", "criterion", "optimizer", "lr_scheduler")
+_COMPARED_KEYS = ("optimization.lr", "optimization.clip_norm", "optimization.update_freq", "dataset.batch_size",
+                  "common.seed")
+
+
+def changed_options(saved_cfg, current_cfg, limit=6):
+    """``key: saved → current`` for the training options in which two configurations differ."""
+    from omegaconf import OmegaConf
+
+    def flat(cfg):
+        if cfg is None:
+            return {}
+        tree = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else cfg
+        out = {}
+        for group in _COMPARED:
+            for key, value in (tree.get(group) or {}).items():
+                out[f"{group}.{key}"] = value
+        for dotted in _COMPARED_KEYS:
+            group, key = dotted.split(".")
+            if key in (tree.get(group) or {}):
+                out[dotted] = tree[group][key]
+        return out
+
+    try:
+        old, new = flat(saved_cfg), flat(current_cfg)
+    except Exception:  # an unexpected layout only costs the notice
+        return []
+    keys = sorted(k for k in set(old) & set(new) if old[k] != new[k] and k not in _RESUME_MAY_CHANGE)
+    return [f"{k}: {old[k]!r} -> {new[k]!r}" for k in keys[:limit]] + (["..."] if len(keys) > limit else [])
+
+
 def _candidates(save_dir, exclude):
     """Checkpoint files of ``save_dir`` other than ``exclude``, newest first."""
     try:
@@ -290,7 +324,15 @@ def make_load_checkpoint(original):
                 "(give a new --save-dir to start a new experiment)"
             )
         try:
-            return original(cfg, trainer, **passthrough_args)
+            result = original(cfg, trainer, **passthrough_args)
+            if default and result[0] is not None and _loading.get("resumed_cfg") is not None:
+                changed = changed_options(_loading.pop("resumed_cfg", None), getattr(trainer, "cfg", None))
+                if changed:
+                    logger.warning(
+                        f"the run resumed from {cfg.save_dir} was started with other options ({'; '.join(changed)}); "
+                        "give a new --save-dir for a new experiment"
+                    )
+            return result
         except UnreadableCheckpoint as e:
             if not default or os.path.abspath(e.path) != os.path.abspath(last):
                 raise

@@ -106,6 +106,7 @@ def test_mid_epoch_resume_is_exact_before_and_after_the_asgd_switch(uninterrupte
         resumed = _train(data_bin, resumed_dir)
         assert "already holds a run: resuming it" in resumed  # §6: the resume is announced
         assert "carried training state restored" in resumed
+        assert "started with other options" not in resumed  # same command, no notice
         after = _losses(resumed)
         assert min(after) == updates + 1 and max(after) == max(reference)
         assert all(after[u] == reference[u] for u in after), [(u, after[u], reference[u]) for u in after
@@ -390,3 +391,40 @@ def test_carried_state_round_trip_through_a_checkpoint_for_every_architecture(tm
         again.reset_carried_state()
         other_epoch.begin_epoch(3, SimpleNamespace(decoder=again))
         assert again.export_carried_state("train") is None
+
+
+def test_resuming_with_other_options_is_reported(uninterrupted):
+    import copy
+
+    saved = torch.load(uninterrupted[0] / "checkpoint_last.pt", weights_only=True)["cfg"]
+    current = copy.deepcopy(saved)
+    assert checkpoints.changed_options(saved, current) == []
+    current["model"]["dropout"] = 0.1
+    current["optimization"]["lr"] = [20.0]
+    current["optimization"]["max_epoch"] = 40  # training longer is an ordinary resume
+    changed = checkpoints.changed_options(saved, current)
+    assert changed == [f"model.dropout: {saved['model']['dropout']!r} -> 0.1", "optimization.lr: [30.0] -> [20.0]"]
+
+
+def test_kill_9_during_training_then_the_same_command(uninterrupted, data_bin, tmp_path):
+    """SIGKILL while the run is saving (as soon as its second checkpoint starts to appear), then the
+    same command: the final weights and optimizer state are the uninterrupted run's, bit for bit."""
+    import signal
+    import time
+
+    save, log, _ = uninterrupted
+    cmd = cli("fairseq-train") + [data_bin, *TRAIN, "--save-dir", str(tmp_path)]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 300
+    while proc.poll() is None and time.time() < deadline:
+        if any(name.startswith("checkpoint_1_50") for name in os.listdir(tmp_path)):
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    out = run(cmd).stdout
+    after = _losses(out)
+    reference = _losses(log)
+    assert after and all(after[u] == reference[u] for u in after)
+    _same_training_state(save / "checkpoint_last.pt", tmp_path / "checkpoint_last.pt")
