@@ -17,7 +17,8 @@ writes them in ``checkpoint_utils.save_checkpoint``. :func:`install` (called by
   checkpoints, and again after it). The configuration is a dict of strings, but fairseq builds
   whatever it names, and some of fairseq's own models ``eval()`` strings of their
   config (``transformer_lm``'s ``character_filters``, ``fconv``'s layer lists), so
-  a file made only of dicts and strings could run code. Names of components the user
+  a file made only of dicts and strings could run code. The stored ``bpe`` / ``tokenizer``
+  (which the hub builds) must be none or one of fairseq's local ones. Names of components the user
   trusts can be added with ``AWD_TRUSTED_CHECKPOINT_COMPONENTS=name,name``.
 * **atomic checkpoint files** (``PathManager.copy`` → :func:`atomic_copy`): fairseq writes
   ``checkpoint_E_U.pt`` to ``.tmp`` and renames it, but then *copies* it over
@@ -77,9 +78,16 @@ def _raw(node):
     return node
 
 
+# The hub (``from_pretrained``) also builds the stored ``bpe`` / ``tokenizer``: allowed are none
+# and fairseq's local, file-based ones (no download from a stored URL, no code).
+LOCAL_TEXT_PROCESSORS = frozenset({"space", "moses", "nltk", "sentencepiece", "subword_nmt", "fastbpe", "bytes",
+                                   "characters", "byte_bpe"})
+
+
 def _named_components(state):
-    """(model names, task names) a checkpoint's ``args`` / ``cfg`` would make fairseq build."""
-    models, tasks = [], []
+    """(model names, task names, bpe/tokenizer names) that a checkpoint's ``args`` / ``cfg`` would
+    make fairseq build."""
+    models, tasks, text = [], [], []
     args = state.get("args")
     if args is not None:
         raw = _raw(args)
@@ -87,6 +95,7 @@ def _named_components(state):
             raise RefusedCheckpoint("its 'args' entry is not an option namespace")
         models.append(raw.get("arch"))
         tasks.append(raw.get("task"))
+        text += [raw.get("bpe"), raw.get("tokenizer")]
     cfg = state.get("cfg")
     if cfg is not None:
         raw = _raw(cfg)
@@ -98,9 +107,12 @@ def _named_components(state):
         else:
             models.append(None)
         tasks.append(task.get("_name", task.get("task")) if isinstance(task, dict) else None)
+        for key in ("bpe", "tokenizer"):
+            node = _raw(raw.get(key))
+            text.append(node.get("_name", "<unnamed>") if isinstance(node, dict) else node)
     if args is None and cfg is None:
         raise RefusedCheckpoint("it holds neither 'args' nor 'cfg': not a fairseq checkpoint")
-    return models, tasks
+    return models, tasks, [name for name in text if name is not None]
 
 
 def check_components(state, path="checkpoint"):
@@ -109,7 +121,7 @@ def check_components(state, path="checkpoint"):
     from fairseq.tasks import TASK_REGISTRY
 
     try:
-        models, tasks = _named_components(state)
+        models, tasks, text_processors = _named_components(state)
     except RefusedCheckpoint as e:
         raise RefusedCheckpoint(f"{path}: refused: {e}") from None
     trusted = _trusted_extra()
@@ -128,6 +140,12 @@ def check_components(state, path="checkpoint"):
         if not _is_ours(TASK_REGISTRY, name):
             raise RefusedCheckpoint(
                 f"{path}: refused: its task {name!r} is not one of awd_plugins' "
+                f"(set {TRUST_ENV}={name} to load one you trust)"
+            )
+    for name in text_processors:
+        if name not in trusted and name not in LOCAL_TEXT_PROCESSORS:
+            raise RefusedCheckpoint(
+                f"{path}: refused: its bpe/tokenizer {name!r} is not one of fairseq's local ones "
                 f"(set {TRUST_ENV}={name} to load one you trust)"
             )
 

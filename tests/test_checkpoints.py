@@ -336,7 +336,11 @@ def test_torch_files_that_are_not_checkpoints_refused(tmp_path, uninterrupted):
         "weights_only.pt": ({"decoder.embed_tokens.weight": torch.zeros(2, 2)}, "no model weights"),
         "no_config.pt": ({"model": real["model"]}, "neither 'args' nor 'cfg'"),
         "no_arch.pt": ({**real, "cfg": {**real["cfg"], "model": {"emsize": 16}}}, "model architecture None"),
+        "bpe.pt": ({**real, "cfg": {**real["cfg"], "bpe": {"_name": "gpt2", "gpt2_encoder_json": "http://x/e.json"}}},
+                   "bpe/tokenizer 'gpt2'"),
     }
+    torch.save({**real, "cfg": {**real["cfg"], "tokenizer": {"_name": "moses"}}}, tmp_path / "moses.pt")
+    assert checkpoint_utils.load_checkpoint_to_cpu(str(tmp_path / "moses.pt"))["cfg"]["tokenizer"]["_name"] == "moses"
     for name, (obj, words) in cases.items():
         torch.save(obj, tmp_path / name)
         with pytest.raises(AwdUserError, match=re.escape(words)):
