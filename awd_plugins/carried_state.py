@@ -58,6 +58,7 @@ class CarriedTrainingState:
         self.key = key  # the training stream set (the train subset's name)
         self.model = None
         self.epoch: Optional[int] = None
+        self.num_updates = 0  # after the last training step
         self._gathered: Optional[Dict[str, Any]] = None
         self._pending: Optional[Dict[str, Any]] = None
 
@@ -73,6 +74,7 @@ class CarriedTrainingState:
 
     def after_update(self, num_updates: int, save_interval_updates: int, max_update: int):
         """In a distributed run, gather every rank's state after an update fairseq will checkpoint."""
+        self.num_updates = num_updates
         world, _ = _world()
         if world == 1:
             return
@@ -88,8 +90,9 @@ class CarriedTrainingState:
         self._gathered = {"num_updates": num_updates, "ranks": ranks}
 
     # -- checkpoint hooks -------------------------------------------------------------------
-    def state_for_checkpoint(self, num_updates: int, end_of_epoch: bool) -> Dict[str, Any]:
+    def state_for_checkpoint(self, end_of_epoch: bool) -> Dict[str, Any]:
         world, _ = _world()
+        num_updates = self.num_updates
         if end_of_epoch:  # the next epoch starts its streams from zeros
             ranks = [None] * world
         elif world == 1:

@@ -13,6 +13,14 @@ import numpy as np
 import torch
 
 
+def guard_checkpoints():
+    """Checkpoint loading names only this package's model/task, files appear atomically,
+    and resume never silently starts over: see :mod:`awd_plugins.checkpoints` (issue #12)."""
+    from awd_plugins import checkpoints
+
+    checkpoints.install()
+
+
 def allow_checkpoint_globals():
     """torch >= 2.6 loads with ``weights_only=True`` by default, and fairseq's
     ``torch.load`` calls pass no ``weights_only``. Allow-list exactly the classes a
@@ -41,15 +49,7 @@ def restore_numpy_compat():
         np.compat = types.SimpleNamespace(long=np.int64)
 
 
-def guard_checkpoints():
-    """Checkpoint loading names only this package's model/task, files appear atomically,
-    and resume never silently starts over: see :mod:`awd_plugins.checkpoints` (issue #12)."""
-    from awd_plugins import checkpoints
-
-    checkpoints.install()
-
-
 def apply():
+    guard_checkpoints()
     restore_numpy_compat()
     allow_checkpoint_globals()
-    guard_checkpoints()

@@ -379,7 +379,7 @@ def test_carried_state_round_trip_through_a_checkpoint_for_every_architecture(tm
         saving = CarriedTrainingState("train")
         saving.begin_epoch(2, SimpleNamespace(decoder=decoder))
         decoder(tokens[:, :6], carry_key="train", carry_pos=0)  # window 1 again: its state is what is saved
-        torch.save(saving.state_for_checkpoint(num_updates=1, end_of_epoch=False), tmp_path / "carry.pt")
+        torch.save(saving.state_for_checkpoint(end_of_epoch=False), tmp_path / "carry.pt")
 
         loading = CarriedTrainingState("train")
         loading.load_from_checkpoint(torch.load(tmp_path / "carry.pt", weights_only=True))

@@ -106,8 +106,6 @@ class AwdLanguageModelingTask(FairseqTask):
         self._seq_len = None
         self._train_itr = None
         self._valid_epoch, self._valid_observed = 0, True
-        self._training_state = None  # CarriedTrainingState, created with the first training epoch
-        self._num_updates = 0
 
     @classmethod
     def setup_task(cls, cfg: AwdLanguageModelingConfig, **kwargs):
@@ -261,14 +259,15 @@ class AwdLanguageModelingTask(FairseqTask):
 
     @property
     def training_state(self) -> CarriedTrainingState:
-        if self._training_state is None:
+        # created on first use (training), kept on the task
+        if getattr(self, "_training_state", None) is None:
             self._training_state = CarriedTrainingState(self.cfg.train_subset)
         return self._training_state
 
     def get_checkpoint_dict(self):
         # fairseq stores this under extra_state[<task class name>] (rank 0 only)
         end_of_epoch = self._train_itr is None or self._train_itr.end_of_epoch()
-        saved = self.training_state.state_for_checkpoint(self._num_updates, end_of_epoch)
+        saved = self.training_state.state_for_checkpoint(end_of_epoch)
         return {type(self).__name__: {"carried_state": saved}}
 
     def set_checkpoint_dict(self, state):
@@ -298,8 +297,8 @@ class AwdLanguageModelingTask(FairseqTask):
         if sample and "net_input" in sample:
             self._seq_len = self._sampled_len.get(int(sample["net_input"]["carry_pos"]), sample["target"].size(1))
         out = super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
-        self._num_updates = update_num + 1
-        self.training_state.after_update(self._num_updates, self.cfg.save_interval_updates, self.cfg.max_update)
+        saves_at = getattr(self.cfg, "save_interval_updates", 0) or 0, getattr(self.cfg, "max_update", 0) or 0
+        self.training_state.after_update(update_num + 1, *saves_at)
         return out
 
     def optimizer_step(self, optimizer, model, update_num):
