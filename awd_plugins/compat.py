@@ -50,6 +50,6 @@ def restore_numpy_compat():
 
 
 def apply():
-    guard_checkpoints()
     restore_numpy_compat()
+    guard_checkpoints()
     allow_checkpoint_globals()
