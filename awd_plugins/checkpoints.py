@@ -376,9 +376,22 @@ def make_load_checkpoint(original):
     return load_checkpoint
 
 
+def make_split_paths(original):
+    def split_paths(paths, *args, **kwargs):
+        if paths is None:  # fairseq-generate / fairseq-interactive split --path before loading it
+            raise AwdUserError("no checkpoint given: name the model file with --path")
+        return original(paths, *args, **kwargs)
+
+    split_paths.awd_guard = True
+    return split_paths
+
+
 def install():
     """Wrap fairseq's checkpoint reading and writing (idempotent)."""
-    from fairseq import checkpoint_utils
+    from fairseq import checkpoint_utils, utils
+
+    if not getattr(utils.split_paths, "awd_guard", False):
+        utils.split_paths = make_split_paths(utils.split_paths)
 
     if not getattr(checkpoint_utils.load_checkpoint_to_cpu, "awd_guard", False):
         checkpoint_utils.load_checkpoint_to_cpu = make_load_checkpoint_to_cpu(checkpoint_utils.load_checkpoint_to_cpu)

@@ -432,3 +432,12 @@ def test_kill_9_during_training_then_the_same_command(uninterrupted, data_bin, t
     reference = _losses(log)
     assert after and all(after[u] == reference[u] for u in after)
     _same_training_state(save / "checkpoint_last.pt", tmp_path / "checkpoint_last.pt")
+
+
+def test_no_path_is_one_line_for_interactive():
+    """fairseq-interactive splits a missing --path (None) before loading anything."""
+    from fairseq import utils
+
+    with pytest.raises(AwdUserError, match="--path"):
+        utils.split_paths(None)
+    assert utils.split_paths("a.pt" + os.pathsep + "b.pt") == ["a.pt", "b.pt"]
