@@ -1,8 +1,8 @@
 """The compatibility shims the plugin applies at import (FAIRSEQ_NOTES §6, §11; the
 ``--amp`` unscale: issue #11).
 
-Each answers one upstream break of fairseq 0.12.x on current torch/numpy; nothing
-else in fairseq is patched.
+Each answers one upstream break of fairseq 0.12.x on current torch/numpy, or (guard_checkpoints)
+one unsafe behaviour of its checkpoint handling; nothing else in fairseq is patched.
 """
 
 import argparse
@@ -13,6 +13,14 @@ import typing
 
 import numpy as np
 import torch
+
+
+def guard_checkpoints():
+    """Checkpoint loading names only this package's model/task, files appear atomically,
+    and resume never silently starts over: see :mod:`awd_plugins.checkpoints` (issue #12)."""
+    from awd_plugins import checkpoints
+
+    checkpoints.install()
 
 
 def allow_checkpoint_globals():
@@ -110,5 +118,6 @@ def amp_single_unscale():
 def apply():
     eval_lm_logs_to_stdout()
     restore_numpy_compat()
+    guard_checkpoints()
     allow_checkpoint_globals()
     amp_single_unscale()

@@ -79,6 +79,19 @@ class RecurrentDecoder(FairseqIncrementalDecoder):
             if k != keep:
                 self._carried.pop(k, None)
 
+    def export_carried_state(self, key: str) -> Optional[Dict[str, Any]]:
+        """The state carried out of the last window of ``key`` (for checkpoints), or None."""
+        carry = self._carried.get(key)
+        if carry is None:
+            return None
+        return {"pos": carry.pos, "length": carry.length, "bsz": carry.bsz, "state": carry.state_out}
+
+    def import_carried_state(self, key: str, saved: Dict[str, Any]):
+        """Carry ``saved`` (from :meth:`export_carried_state`) into the window that continues it."""
+        like = self.embed_tokens.weight
+        state = map_state(lambda t: t.to(device=like.device, dtype=t.dtype), saved["state"])
+        self._carried[key] = _Carry(int(saved["pos"]), int(saved["length"]), int(saved["bsz"]), None, state)
+
     def _carried_state(self, key: str, pos: int, bsz: int, length: int):
         prev = self._carried.get(key)
         if prev is None or prev.bsz != bsz:
@@ -180,7 +193,14 @@ class RecurrentLanguageModel(FairseqLanguageModel):
                 f"the checkpoint was trained with a dictionary of {state_dict[key].size(0)} symbols but this "
                 f"data-bin's dict.txt has {self.decoder.embed_tokens.weight.size(0)}: use the data-bin the model was trained on"
             )
-        return super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg, args=args)
+        try:
+            return super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg, args=args)
+        except RuntimeError as e:  # other sizes or layers: torch's multi-line report, in one line
+            details = "; ".join(line.strip() for line in str(e).splitlines()[1:3] if line.strip())
+            raise AwdUserError(
+                f"the checkpoint's weights do not fit this {type(self).__name__} ({details[:300]}): "
+                "give the architecture and model options it was trained with"
+            ) from e
 
     def get_normalized_probs(self, net_output, log_probs: bool, sample: Optional[Dict[str, Any]] = None):
         if sample is None and not self.training and log_probs:

@@ -41,6 +41,7 @@ from fairseq.distributed import utils as distributed_utils
 from fairseq.tasks import FairseqTask, register_task
 from omegaconf import II
 
+from awd_plugins.carried_state import CarriedTrainingState
 from awd_plugins.data.stream_dataset import (
     StreamDataset,
     TokenStream,
@@ -119,6 +120,8 @@ class AwdLanguageModelingConfig(FairseqDataclass):
     )
     seed: int = II("common.seed")
     train_subset: str = II("dataset.train_subset")
+    save_interval_updates: int = II("checkpoint.save_interval_updates")
+    max_update: int = II("optimization.max_update")
 
 
 @register_task("awd_language_modeling", dataclass=AwdLanguageModelingConfig)
@@ -298,6 +301,24 @@ class AwdLanguageModelingTask(FairseqTask):
     # -- training hooks ------------------------------------------------------------------
     def begin_epoch(self, epoch, model):
         model.reset_carried_state(self.cfg.train_subset)
+        self.training_state.begin_epoch(epoch, model)  # a mid-epoch resume carries the saved state in
+
+    @property
+    def training_state(self) -> CarriedTrainingState:
+        # created on first use (training), kept on the task
+        if getattr(self, "_training_state", None) is None:
+            self._training_state = CarriedTrainingState(self.cfg.train_subset)
+        return self._training_state
+
+    def get_checkpoint_dict(self):
+        # fairseq stores this under extra_state[<task class name>] (rank 0 only)
+        end_of_epoch = self._train_itr is None or self._train_itr.end_of_epoch()
+        saved = self.training_state.state_for_checkpoint(end_of_epoch)
+        return {type(self).__name__: {"carried_state": saved}}
+
+    def set_checkpoint_dict(self, state):
+        if isinstance(state, dict) and "carried_state" in state:
+            self.training_state.load_from_checkpoint(state["carried_state"])
 
     def begin_valid_epoch(self, epoch, model):
         model.reset_carried_state(keep=self.cfg.train_subset)
@@ -321,7 +342,10 @@ class AwdLanguageModelingTask(FairseqTask):
         nt_asgd.swap_out_average(optimizer)
         if sample and "net_input" in sample:
             self._seq_len = self._sampled_len.get(int(sample["net_input"]["carry_pos"]), sample["target"].size(1))
-        return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
+        out = super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
+        saves_at = getattr(self.cfg, "save_interval_updates", 0) or 0, getattr(self.cfg, "max_update", 0) or 0
+        self.training_state.after_update(update_num + 1, *saves_at)
+        return out
 
     def optimizer_step(self, optimizer, model, update_num):
         if self.cfg.no_lr_rescale or self._seq_len is None:
