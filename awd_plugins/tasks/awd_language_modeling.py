@@ -43,10 +43,9 @@ from omegaconf import II
 
 from awd_plugins.data.stream_dataset import (
     StreamDataset,
+    StreamRows,
     TokenStream,
-    batchify,
     evaluation_windows,
-    load_token_stream,
     training_windows,
     window_columns,
 )
@@ -137,9 +136,10 @@ class AwdLanguageModelingTask(FairseqTask):
         indexed = data_utils.load_indexed_dataset(path, self.dictionary, None)
         if indexed is None:
             raise AwdUserError(f"split {split!r} not found in {self.cfg.data} (expected {path}.bin/.idx)")
-        stream = load_token_stream(indexed, self.dictionary.eos())
-        self.datasets[split] = TokenStream(stream, split)
-        logger.info(f"{split}: {stream.numel() - 1:,} tokens")
+        # memory-mapped: each rank reads only its own rows' windows (issue #16)
+        stream = TokenStream.from_indexed(indexed, self.dictionary.eos(), split)
+        self.datasets[split] = stream
+        logger.info(f"{split}: {len(stream) - 1:,} tokens")
 
     def get_batch_iterator(self, dataset, max_tokens=None, max_sentences=None, seed=1, num_workers=0, epoch=1, **kwargs):
         if not isinstance(dataset, TokenStream):  # prompts for sampling: fairseq's own batching
@@ -165,7 +165,7 @@ class AwdLanguageModelingTask(FairseqTask):
             world = distributed_utils.get_data_parallel_world_size()
             rank = distributed_utils.get_data_parallel_rank()
         try:
-            streams = StreamDataset(batchify(dataset.stream, bsz, rank, world), carry_key=key)
+            streams = StreamDataset(StreamRows(dataset, bsz, rank, world), carry_key=key)
         except ValueError as e:
             raise AwdUserError(f"{dataset.split}: {e}")
         if training:
