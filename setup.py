@@ -19,13 +19,14 @@ setup(
         "tensorboardX",
         "matplotlib",
     ],
-    extras_require={"test": ["pytest"]},
+    extras_require={"test": ["pytest"], "export": ["onnx", "onnxruntime"]},
     entry_points={
         "console_scripts": [
             "awd-help=awd_plugins.cli.help:cli_main",
             "awd-plot=awd_plugins.cli.plot_curves:cli_main",
             "awd-detokenize=awd_plugins.cli.detokenize:cli_main",
             "awd-pointer-search=awd_plugins.cli.pointer_search:cli_main",
+            "awd-export=awd_plugins.cli.export:cli_main",
         ]
     },
 )

@@ -71,12 +71,16 @@ def training_windows(
     return windows
 
 
-def window_columns(start: int, seq_len: int, length: int) -> np.ndarray:
-    """Input columns of a window, cut so that every target column exists."""
-    return np.arange(start, min(start + seq_len, length - 1), dtype=np.int64)
+def window_columns(start: int, seq_len: int, length: int) -> range:
+    """Input columns of a window, cut so that every target column exists.
+
+    A ``range`` (constant size) rather than an array: an epoch's list of windows then
+    costs a few dozen bytes per window, whatever the window length.
+    """
+    return range(start, min(start + seq_len, length - 1))
 
 
-def evaluation_windows(length: int, bptt: int) -> List[np.ndarray]:
+def evaluation_windows(length: int, bptt: int) -> List[range]:
     """Fixed windows of ``bptt`` columns covering every target once (REFERENCE §1.4)."""
     return [window_columns(i, bptt, length) for i in range(0, length - 1, bptt)]
 
