@@ -4,6 +4,7 @@ Each answers one upstream break of fairseq 0.12.x on current torch/numpy; nothin
 else in fairseq is patched.
 """
 
+import os
 import argparse
 import collections
 import types
@@ -41,6 +42,31 @@ def restore_numpy_compat():
         np.compat = types.SimpleNamespace(long=np.int64)
 
 
+def torchrun_without_cuda():
+    """fairseq maps a torchrun rank to ``rank % torch.cuda.device_count()``, which divides by
+    zero on CPU-only machines (gloo runs, the multi-node recipe's test): use device 0 there."""
+    from fairseq.distributed import utils as dist_utils
+
+    original = dist_utils._infer_torch_distributed_launch_init
+    if getattr(original, "_awd_cpu_safe", False):
+        return
+
+    def infer(cfg):
+        import torch
+
+        if torch.cuda.device_count() > 0:
+            return original(cfg)
+        cfg.distributed_init_method = "env://"
+        cfg.distributed_world_size = int(os.environ["WORLD_SIZE"])
+        cfg.distributed_rank = int(os.environ["RANK"])
+        cfg.device_id = 0
+        cfg.distributed_no_spawn = True
+
+    infer._awd_cpu_safe = True
+    dist_utils._infer_torch_distributed_launch_init = infer
+
+
 def apply():
     restore_numpy_compat()
     allow_checkpoint_globals()
+    torchrun_without_cuda()

@@ -181,6 +181,15 @@ class StreamRows:
         return torch.from_numpy(np.stack(rows))
 
 
+def describe_shard(rows: StreamRows, split: str, rank: int, world: int) -> str:
+    """The log line naming the rows and stream positions a rank owns (multi-node runs, issue #16)."""
+    first, last = rows.first_row, rows.first_row + rows.bsz
+    return (
+        f"{split}: rank {rank}/{world} owns streams {first}..{last - 1} of {rows.bsz * world}, "
+        f"stream positions [{first * rows.length}, {last * rows.length}) of {len(rows.stream)}"
+    )
+
+
 class _TensorRows:
     """A B×L tensor behind :class:`StreamRows`' interface (tests, tools with in-memory streams)."""
 

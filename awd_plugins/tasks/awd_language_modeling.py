@@ -45,6 +45,7 @@ from awd_plugins.data.stream_dataset import (
     StreamDataset,
     StreamRows,
     TokenStream,
+    describe_shard,
     evaluation_windows,
     training_windows,
     window_columns,
@@ -168,6 +169,8 @@ class AwdLanguageModelingTask(FairseqTask):
             streams = StreamDataset(StreamRows(dataset, bsz, rank, world), carry_key=key)
         except ValueError as e:
             raise AwdUserError(f"{dataset.split}: {e}")
+        # every rank says which streams it owns (fairseq silences INFO on ranks > 0)
+        (logger.warning if world > 1 else logger.info)(describe_shard(streams.rows, dataset.split, rank, world))
         if training:
             sampler = self._training_sampler
         else:
