@@ -92,6 +92,74 @@ def binarize(raw_dir: str, dest: str, workers: int = 1, extra: Optional[List[str
     subprocess.run(cmd, check=True)
 
 
+# -- streaming versions (bounded memory, any corpus size) ------------------------------
+CHUNK = 1 << 20
+
+
+def copy_split_from_dir(directory: str, split: str, names: Dict[str, List[str]], dest: str):
+    """Stream ``split`` from ``directory`` (as :func:`read_text_from_dir` finds it) into ``dest``."""
+    candidates = [f"{split}.txt", f"{split}.txt.gz"] + names.get(split, [])
+    for name in candidates:
+        for path in (os.path.join(directory, name), os.path.join(directory, name + ".gz")):
+            if os.path.isfile(path):
+                opener = gzip.open if path.endswith(".gz") else open
+                with opener(path, "rb") as src, open(dest, "wb") as out:
+                    shutil.copyfileobj(src, out, CHUNK)
+                return
+    fail(f"no {split} split in {directory} (looked for {', '.join(candidates)}, optionally .gz)")
+
+
+def download_to(url: str, dest: str):
+    print(f"downloading {url}", file=sys.stderr)
+    with urllib.request.urlopen(url, timeout=120) as response, open(dest, "wb") as out:
+        shutil.copyfileobj(response, out, CHUNK)
+
+
+def extract_member(archive: str, member_suffix: str, dest: str):
+    """Stream the member of a .zip or .tar.gz file whose path ends with ``member_suffix`` to ``dest``."""
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as z:
+            for name in z.namelist():
+                if name.endswith(member_suffix):
+                    with z.open(name) as src, open(dest, "wb") as out:
+                        shutil.copyfileobj(src, out, CHUNK)
+                    return
+    else:
+        with tarfile.open(archive, mode="r:*") as t:
+            for m in t:
+                if m.name.endswith(member_suffix):
+                    with t.extractfile(m) as src, open(dest, "wb") as out:
+                        shutil.copyfileobj(src, out, CHUNK)
+                    return
+    fail(f"archive has no member ending in {member_suffix}")
+
+
+def scan_text(path: str):
+    """One pass over a text file: (sha256, tokens as :func:`count_tokens` counts them,
+    whether any non-blank byte occurs, the UTF-8 error or None)."""
+    import codecs
+
+    digest, decoder = hashlib.sha256(), codecs.getincrementaldecoder("utf-8")()
+    tokens, nonblank, error = 0, False, None
+    with open(path, "rb") as f:
+        for line in f:  # binary lines end at b"\n", as the text's own split("\n")
+            digest.update(line)
+            if error is None:
+                try:
+                    decoder.decode(line)
+                except UnicodeDecodeError as e:
+                    error = e
+            words = line.decode("utf-8", errors="replace").split()
+            tokens += len(words) + 1
+            nonblank = nonblank or bool(words)
+    if error is None:
+        try:
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError as e:
+            error = e
+    return digest.hexdigest(), tokens, nonblank, error
+
+
 def check_output(out: str, force: bool, source: str = None):
     """Refuse to overwrite a data-bin without --force, and a missing --from directory."""
     if os.path.exists(os.path.join(out, "dict.txt")) and not force:
@@ -117,49 +185,45 @@ def main(corpus: str, urls: Dict[str, str], archive_members: Dict[str, str], nam
     args = parser.parse_args()
     check_output(args.out, args.force, args.source)
 
-    texts = {}
-    archive = None
-    for split in SPLITS:
-        if args.source:
-            texts[split] = read_text_from_dir(args.source, split, names)
-        elif split in urls:
-            texts[split] = download(urls[split])
-        else:
-            archive = archive if archive is not None else download(urls["archive"])
-            texts[split] = member_of_archive(archive, archive_members[split])
-        if not texts[split].strip():
-            fail(f"the {split} split is empty")
-        try:
-            texts[split].decode("utf-8")
-        except UnicodeDecodeError as e:
-            fail(f"the {split} split is not UTF-8 text ({e})")
-        if not args.no_verify and split in sha256s and sha256(texts[split]) != sha256s[split]:
-            message = f"{split}: sha256 differs from the standard {corpus} file, so perplexities are not comparable"
-            if args.source:
-                print(f"warning: {message}", file=sys.stderr)
-            else:
-                fail(message)
-
-    tmp = None
-    raw_dir = args.raw
-    if raw_dir is None:
-        tmp = tempfile.mkdtemp(prefix=f"{corpus}-raw-")
-        raw_dir = tmp
+    # Every split is streamed to a file and scanned in one pass, so the memory used does not
+    # grow with the corpus (WikiText-103: 540 MB of text; issue #16).
+    tmp = tempfile.mkdtemp(prefix=f"{corpus}-raw-")
+    raw_dir = args.raw or tmp
     os.makedirs(raw_dir, exist_ok=True)
-    for split, text in texts.items():
-        with open(os.path.join(raw_dir, f"{split}.txt"), "wb") as f:
-            f.write(text)
-    if args.force and os.path.isdir(args.out):
-        shutil.rmtree(args.out)
+    counts = {}
     try:
+        archive = None
+        for split in SPLITS:
+            dest = os.path.join(raw_dir, f"{split}.txt")
+            if args.source:
+                copy_split_from_dir(args.source, split, names, dest)
+            elif split in urls:
+                download_to(urls[split], dest)
+            else:
+                if archive is None:
+                    archive = os.path.join(tmp, "archive")
+                    download_to(urls["archive"], archive)
+                extract_member(archive, archive_members[split], dest)
+            digest, counts[split], nonblank, error = scan_text(dest)
+            if not nonblank:
+                fail(f"the {split} split is empty")
+            if error:
+                fail(f"the {split} split is not UTF-8 text ({error})")
+            if not args.no_verify and split in sha256s and digest != sha256s[split]:
+                message = f"{split}: sha256 differs from the standard {corpus} file, so perplexities are not comparable"
+                if args.source:
+                    print(f"warning: {message}", file=sys.stderr)
+                else:
+                    fail(message)
+        if args.force and os.path.isdir(args.out):
+            shutil.rmtree(args.out)
         binarize(raw_dir, args.out, args.workers, ["--nwordssrc", str(args.vocab_size + 4)] if args.vocab_size else None)
     finally:
-        if tmp:
-            shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)
 
     with open(os.path.join(args.out, "dict.txt"), encoding="utf-8") as f:
         nwords = sum(1 for _ in f)
     print(f"{corpus}: dictionary {nwords + 4:,} symbols (4 fairseq specials, padded to a multiple of 8)")
     for split in SPLITS:
-        print(f"{corpus} {split}: {count_tokens(texts[split]):,} tokens incl. one </s> per line "
+        print(f"{corpus} {split}: {counts[split]:,} tokens incl. one </s> per line "
               f"(= targets of a batch-1 evaluation)")
