@@ -51,6 +51,7 @@ from awd_plugins.data.stream_dataset import (
     window_columns,
 )
 from awd_plugins.errors import AwdUserError
+from awd_plugins.models.remap_embeddings import remap_for_finetuning
 from awd_plugins.optim import nt_asgd
 
 logger = logging.getLogger(__name__)
@@ -88,6 +89,13 @@ class AwdLanguageModelingConfig(FairseqDataclass):
     tokens_per_sample: int = field(
         default=1024, metadata={"help": "unused: accepted so that fairseq-eval-lm's --context-window parses (state is carried instead)"}
     )
+    remap_embeddings: Optional[str] = field(
+        default=None,
+        metadata={"help": "with --finetune-from-model: the dict.txt the pretrained model was trained with; "
+                  "embedding/output rows are mapped by symbol to this data-bin's dictionary (new symbols: mean row)"},
+    )
+    finetune_from_model: Optional[str] = II("checkpoint.finetune_from_model")
+    save_dir: str = II("checkpoint.save_dir")
     seed: int = II("common.seed")
     train_subset: str = II("dataset.train_subset")
 
@@ -237,6 +245,8 @@ class AwdLanguageModelingTask(FairseqTask):
     # -- model ---------------------------------------------------------------------------
     def build_model(self, cfg, from_checkpoint=False):
         model = super().build_model(cfg, from_checkpoint)
+        if self.cfg.remap_embeddings and not from_checkpoint:  # training only, not a reload of the finetuned model
+            model.remap_embeddings = remap_for_finetuning(self.cfg, self.dictionary)
         if self.cfg.pointer_window > 0:
             if not hasattr(model, "set_pointer"):
                 raise AwdUserError(
