@@ -186,13 +186,14 @@ def export_onnx(step: InferenceStep, window: int, vocab: int, out: str, opset: i
     _atomic(out, write)
 
 
-def onnx_session(path: str):
+def onnx_session(path: str, threads: int = 0):
     try:
         import onnxruntime
     except ImportError:
         raise AwdUserError("checking an ONNX export needs onnxruntime (pip install 'awd-plugins[export]')")
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3
+    options.intra_op_num_threads = threads  # 0: onnxruntime's default (all cores)
     return onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
 
@@ -203,8 +204,8 @@ class OnnxStep:
     exporter found unused (empty states) are not fed.
     """
 
-    def __init__(self, path: str, input_names: List[str]):
-        self.session = onnx_session(path)
+    def __init__(self, path: str, input_names: List[str], threads: int = 0):
+        self.session = onnx_session(path, threads)
         self.input_names = input_names
         self.graph_inputs = {i.name for i in self.session.get_inputs()}
 

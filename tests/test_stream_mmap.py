@@ -43,8 +43,9 @@ def _windows(ds, windows):
         yield s["net_input"]["src_tokens"], s["target"], s["net_input"]["carry_pos"]
 
 
-@pytest.mark.parametrize("split", ["train", "valid"])
-def test_lazy_windows_equal_the_in_memory_windows(small_bin, split):
+@pytest.mark.parametrize("corpus,split", [("small_bin", "train"), ("small_bin", "valid"), ("ptb_slice_bin", "train")])
+def test_lazy_windows_equal_the_in_memory_windows(corpus, split, request):
+    small_bin = request.getfixturevalue(corpus)  # the bundled corpus, and a PTB slice when ../shared has it
     task = _task(small_bin)
     task.load_dataset(split)
     lazy = task.dataset(split)
