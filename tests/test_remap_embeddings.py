@@ -139,3 +139,24 @@ def test_wrong_dictionary_is_a_user_error(small_bin, other_corpus_bin):
     remap = EmbeddingRemap(task.dictionary, task.dictionary)  # not the pretrained model's dictionary
     with pytest.raises(AwdUserError, match="give the dict.txt the model was trained with"):
         remap(_model(task), state)
+
+
+def test_fairseq_train_finetunes_with_remapped_embeddings(small_bin, other_corpus_bin, tmp_path):
+    """End to end: pretrain 2 updates, then fairseq-train --finetune-from-model --remap-embeddings."""
+    from conftest import PLUGIN, cli, run
+
+    common = ["--user-dir", PLUGIN, "--task", "awd_language_modeling", "--arch", "awd_lstm", "--emsize", "8",
+              "--nhid", "8", "--nlayers", "2", "--criterion", "split_cross_entropy", "--optimizer", "sgd", "--lr", "1",
+              "--batch-size", "4", "--bptt", "10", "--max-update", "2", "--cpu", "--num-workers", "0", "--seed", "1",
+              "--disable-validation", "--no-epoch-checkpoints", "--log-format", "simple"]
+    run(cli("fairseq-train") + [small_bin, *common, "--save-dir", str(tmp_path / "pre")])
+    pre = str(tmp_path / "pre" / "checkpoint_last.pt")
+    out = run(cli("fairseq-train") + [other_corpus_bin, *common, "--save-dir", str(tmp_path / "ft"),
+                                      "--finetune-from-model", pre,
+                                      "--remap-embeddings", os.path.join(small_bin, "dict.txt")]).stdout
+    assert "symbols of the new dictionary keep their pretrained rows" in out, out[-3000:]
+    assert (tmp_path / "ft" / "checkpoint_last.pt").exists()
+    # without the remap the vocabularies do not fit: one error line
+    proc = run(cli("fairseq-train") + [other_corpus_bin, *common, "--save-dir", str(tmp_path / "ft2"),
+                                       "--finetune-from-model", pre], expect_fail=True)
+    assert "Traceback" not in proc.stdout and "dictionary of" in proc.stdout

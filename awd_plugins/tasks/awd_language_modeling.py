@@ -245,7 +245,7 @@ class AwdLanguageModelingTask(FairseqTask):
     # -- model ---------------------------------------------------------------------------
     def build_model(self, cfg, from_checkpoint=False):
         model = super().build_model(cfg, from_checkpoint)
-        if self.cfg.remap_embeddings and not from_checkpoint:  # training only, not a reload of the finetuned model
+        if getattr(self.cfg, "remap_embeddings", None) and not from_checkpoint:  # training only, not a reload of the finetuned model
             model.remap_embeddings = remap_for_finetuning(self.cfg, self.dictionary)
         if self.cfg.pointer_window > 0:
             if not hasattr(model, "set_pointer"):
