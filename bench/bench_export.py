@@ -12,6 +12,9 @@ Models (random weights: speed does not depend on them), each exported with
   call, which the exporter does not support yet: eager only; the same model with
   ``--attention-blocks none`` is timed in all three forms.
 
+``--no-onednn`` turns torch's oneDNN off (eager and TorchScript): its LSTM kernel
+re-lays out the weights on every call, which dominates token-by-token generation.
+
 Eager = fairseq's incremental decoding path (decoder forward with incremental state,
 then the normalised log-probs), greedy; the exported forms run the same greedy loop
 with the flattened state. Prints tokens/s; not a test (figures are noisy on a shared machine).
@@ -79,10 +82,15 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tokens", type=int, default=300)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--no-onednn", action="store_true",
+                        help="turn torch's oneDNN (mkldnn) off: its LSTM re-lays out the weights on every call, "
+                        "which dominates batch-1 token-by-token generation")
     args = parser.parse_args()
     import torch
 
     torch.set_num_threads(args.threads)
+    if args.no_onednn:
+        torch.backends.mkldnn.enabled = False
     import awd_plugins  # noqa: F401
     from awd_plugins import inference
     from awd_plugins.errors import AwdUserError
@@ -119,7 +127,8 @@ def main():
             ort = inference.OnnxStep(os.path.join(tmp, "m.onnx"), ["tokens", *step.state_names], args.threads)
             row[3] = exported_speed(ort, step.initial_state(), args.tokens)
         rows.append(row + [""])
-    print(f"\nbatch-1 greedy generation, {args.tokens} tokens, {args.threads} thread(s); tokens/s")
+    onednn = "off" if args.no_onednn else "on"
+    print(f"\nbatch-1 greedy generation, {args.tokens} tokens, {args.threads} thread(s), torch oneDNN {onednn}; tokens/s")
     print(f"{'model':<36} {'eager':>8} {'TorchScript':>12} {'onnxruntime':>12}  note")
     for name, e, t, o, note in rows:
         print(f"{name:<36} {e:>8.1f} {t:>12.1f} {o:>12.1f}  {note}")
