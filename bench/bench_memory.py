@@ -81,7 +81,14 @@ def patch_in_memory_loading():
         self.datasets[split] = stream_dataset.TokenStream(stream, split)
 
     task_module.AwdLanguageModelingTask.load_dataset = load_dataset
-    task_module.StreamRows = lambda ds, bsz, rank, world: stream_dataset.batchify(ds.stream, bsz, rank, world)
+    class InMemoryRows(stream_dataset._TensorRows):
+        """batchify()'s contiguous copy of the rank's rows, behind StreamRows' interface."""
+
+        def __init__(self, ds, bsz, rank, world):
+            super().__init__(stream_dataset.batchify(ds.stream, bsz, rank, world))
+            self.stream, self.first_row = ds, rank * bsz
+
+    task_module.StreamRows = InMemoryRows
 
 
 def child(mode, tool, eval_batches, argv):
