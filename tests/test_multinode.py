@@ -9,24 +9,17 @@ shares must be disjoint and together cover the split (its remainder dropped).
 import os
 import re
 import shutil
-import socket
 import subprocess
 
 from conftest import BIN, PLUGIN, cli
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_torchrun_two_ranks_own_disjoint_streams_covering_the_corpus(small_bin, tmp_path):
     torchrun = os.path.join(BIN, "torchrun")
     if not os.path.exists(torchrun):
         torchrun = shutil.which("torchrun")
-    cmd = [torchrun, "--nnodes", "1", "--node-rank", "0", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-           "--master-port", str(_free_port()), cli("fairseq-train")[-1],
+    # --standalone: torchrun picks a free port itself (a port chosen here could be taken before it binds)
+    cmd = [torchrun, "--standalone", "--nnodes", "1", "--nproc-per-node", "2", cli("fairseq-train")[-1],
            small_bin, "--user-dir", PLUGIN, "--task", "awd_language_modeling", "--arch", "awd_lstm",
            "--emsize", "8", "--nhid", "8", "--nlayers", "1", "--criterion", "split_cross_entropy",
            "--optimizer", "sgd", "--lr", "1", "--batch-size", "3", "--bptt", "10", "--max-update", "3", "--cpu",
@@ -40,7 +33,7 @@ def test_torchrun_two_ranks_own_disjoint_streams_covering_the_corpus(small_bin, 
         r"train: rank (\d+)/(\d+) owns streams (\d+)\.\.(\d+) of (\d+), stream positions \[(\d+), (\d+)\) of (\d+)",
         proc.stdout,
     ):
-        assert (world, total) == ("2", "6")
+        assert (world, total) == ("2", "6"), proc.stdout[-3000:]
         shares[int(rank)] = (int(lo), int(hi), int(n))
     assert sorted(shares) == [0, 1], proc.stdout[-3000:]  # each rank reported its own share
     (lo0, hi0, n), (lo1, hi1, _) = shares[0], shares[1]
