@@ -21,8 +21,15 @@ setup(
     ],
     extras_require={
         # the test extra installs the optional backends too, so that their tests run in CI
-        "test": ["pytest", 'triton; platform_system == "Linux" and platform_machine == "x86_64"', "faiss-cpu"],
+        "test": [
+            "pytest",
+            'triton; platform_system == "Linux" and platform_machine == "x86_64"',
+            "faiss-cpu",
+            "onnx",
+            "onnxruntime",
+        ],
         "knn": ["faiss-cpu"],
+        "export": ["onnx", "onnxruntime"],
     },
     entry_points={
         "console_scripts": [
@@ -33,6 +40,7 @@ setup(
             "awd-score=awd_plugins.cli.score:cli_main",
             "awd-dynamic-eval-search=awd_plugins.cli.dynamic_eval_search:cli_main",
             "awd-datastore=awd_plugins.cli.datastore:cli_main",
+            "awd-export=awd_plugins.cli.export:cli_main",
         ]
     },
 )

@@ -8,6 +8,7 @@ one unsafe behaviour of its checkpoint handling; nothing else in fairseq is patc
 import argparse
 import collections
 import logging
+import os
 import types
 import typing
 
@@ -115,9 +116,34 @@ def amp_single_unscale():
         AMPOptimizer.clip_grad_norm = _amp_clip_grad_norm
 
 
+def torchrun_without_cuda():
+    """fairseq maps a torchrun rank to ``rank % torch.cuda.device_count()``, which divides by
+    zero on CPU-only machines (gloo runs, the multi-node recipe's test): use device 0 there."""
+    from fairseq.distributed import utils as dist_utils
+
+    original = dist_utils._infer_torch_distributed_launch_init
+    if getattr(original, "_awd_cpu_safe", False):
+        return
+
+    def infer(cfg):
+        import torch
+
+        if torch.cuda.device_count() > 0:
+            return original(cfg)
+        cfg.distributed_init_method = "env://"
+        cfg.distributed_world_size = int(os.environ["WORLD_SIZE"])
+        cfg.distributed_rank = int(os.environ["RANK"])
+        cfg.device_id = 0
+        cfg.distributed_no_spawn = True
+
+    infer._awd_cpu_safe = True
+    dist_utils._infer_torch_distributed_launch_init = infer
+
+
 def apply():
     eval_lm_logs_to_stdout()
     restore_numpy_compat()
     guard_checkpoints()
     allow_checkpoint_globals()
     amp_single_unscale()
+    torchrun_without_cuda()

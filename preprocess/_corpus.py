@@ -35,14 +35,19 @@ def fail(message: str):
     sys.exit(2)
 
 
-def read_text_from_dir(directory: str, split: str, names: Dict[str, List[str]]) -> bytes:
-    """``split`` from ``directory``: ``{split}.txt``, ``.txt.gz`` or one of the corpus's own names."""
+def find_split(directory: str, split: str, names: Dict[str, List[str]]) -> str:
+    """The file of ``split`` in ``directory``: ``{split}.txt``, ``.txt.gz`` or one of the corpus's own names."""
     candidates = [f"{split}.txt", f"{split}.txt.gz"] + names.get(split, [])
     for name in candidates:
         for path in (os.path.join(directory, name), os.path.join(directory, name + ".gz")):
             if os.path.isfile(path):
-                return read_file(path)
+                return path
     fail(f"no {split} split in {directory} (looked for {', '.join(candidates)}, optionally .gz)")
+
+
+def read_text_from_dir(directory: str, split: str, names: Dict[str, List[str]]) -> bytes:
+    """The bytes of ``split`` from ``directory`` (:func:`find_split`), gunzipped where named .gz."""
+    return read_file(find_split(directory, split, names))
 
 
 def read_file(path: str) -> bytes:
@@ -110,6 +115,74 @@ def binarize(raw_dir: str, dest: str, workers: int = 1, extra: Optional[List[str
         fail(f"fairseq-preprocess failed (exit status {status}); its messages are above")
 
 
+# -- streaming versions (bounded memory, any corpus size) ------------------------------
+CHUNK = 1 << 20
+
+
+def copy_split_from_dir(directory: str, split: str, names: Dict[str, List[str]], dest: str):
+    """Stream ``split`` from ``directory`` (:func:`find_split`) into ``dest``, gunzipped where named .gz."""
+    path = find_split(directory, split, names)
+    opener = gzip.open if path.endswith(".gz") else open
+    try:
+        with opener(path, "rb") as src, open(dest, "wb") as out:
+            shutil.copyfileobj(src, out, CHUNK)
+    except (OSError, EOFError, zlib.error) as e:
+        if path.endswith(".gz"):
+            fail(f"{path} is named .gz but is not complete gzip data ({e}); rename it if it is plain text")
+        fail(f"cannot read {path}: {getattr(e, 'strerror', None) or e}")
+
+
+def download_to(url: str, dest: str):
+    print(f"downloading {url}", file=sys.stderr)
+    with urllib.request.urlopen(url, timeout=120) as response, open(dest, "wb") as out:
+        shutil.copyfileobj(response, out, CHUNK)
+
+
+def extract_member(archive: str, member_suffix: str, dest: str):
+    """Stream the member of a .zip or .tar.gz file whose path ends with ``member_suffix`` to ``dest``."""
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as z:
+            for name in z.namelist():
+                if name.endswith(member_suffix):
+                    with z.open(name) as src, open(dest, "wb") as out:
+                        shutil.copyfileobj(src, out, CHUNK)
+                    return
+    else:
+        with tarfile.open(archive, mode="r:*") as t:
+            for m in t:
+                if m.name.endswith(member_suffix):
+                    with t.extractfile(m) as src, open(dest, "wb") as out:
+                        shutil.copyfileobj(src, out, CHUNK)
+                    return
+    fail(f"archive has no member ending in {member_suffix}")
+
+
+def scan_text(path: str):
+    """One pass over a text file: (sha256, tokens as :func:`count_tokens` counts them,
+    whether any non-blank byte occurs, the UTF-8 error or None)."""
+    import codecs
+
+    digest, decoder = hashlib.sha256(), codecs.getincrementaldecoder("utf-8")()
+    tokens, nonblank, error = 0, False, None
+    with open(path, "rb") as f:
+        for line in f:  # binary lines end at b"\n", as the text's own split("\n")
+            digest.update(line)
+            if error is None:
+                try:
+                    decoder.decode(line)
+                except UnicodeDecodeError as e:
+                    error = e
+            words = line.decode("utf-8", errors="replace").split()
+            tokens += len(words) + 1
+            nonblank = nonblank or bool(words)
+    if error is None:
+        try:
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError as e:
+            error = e
+    return digest.hexdigest(), tokens, nonblank, error
+
+
 def check_output(out: str, force: bool, source: str = None, raw: str = None, inputs: Sequence[str] = ()):
     """Stop before any work unless ``--out`` (and ``--raw``) may be written (``_output``'s rules), or
     when the ``--from`` input does not exist."""
@@ -140,36 +213,36 @@ def main(corpus: str, urls: Dict[str, str], archive_members: Dict[str, str], nam
     args = parser.parse_args()
     check_output(args.out, args.force, args.source, args.raw)
 
-    texts = {}
-    archive = None
-    for split in SPLITS:
-        if args.source:
-            texts[split] = read_text_from_dir(args.source, split, names)
-        elif split in urls:
-            texts[split] = download(urls[split])
-        else:
-            archive = archive if archive is not None else download(urls["archive"])
-            texts[split] = member_of_archive(archive, archive_members[split])
-        if not texts[split].strip():
-            fail(f"the {split} split is empty")
-        try:
-            texts[split].decode("utf-8")
-        except UnicodeDecodeError as e:
-            fail(f"the {split} split is not UTF-8 text ({e})")
-        if not args.no_verify and split in sha256s and sha256(texts[split]) != sha256s[split]:
-            message = f"{split}: sha256 differs from the standard {corpus} file, so perplexities are not comparable"
-            if args.source:
-                print(f"warning: {message}", file=sys.stderr)
-            else:
-                fail(message)
-
+    # Every split is streamed to a file and scanned in one pass, so the memory used does not
+    # grow with the corpus (WikiText-103: 540 MB of text; issue #16).
+    counts = {}
     vocab = ["--nwordssrc", str(args.vocab_size + 4)] if args.vocab_size else None
     with _output.Outputs(_output.script_name(), args.force, [args.source]) as outputs, \
             tempfile.TemporaryDirectory(prefix=f"{corpus}-raw-") as scratch:
         raw_dir = outputs.folder(args.raw, "--raw") if args.raw else scratch
-        for split, text in texts.items():
-            with open(os.path.join(raw_dir, f"{split}.txt"), "wb") as f:
-                f.write(text)
+        archive = None
+        for split in SPLITS:
+            dest = os.path.join(raw_dir, f"{split}.txt")
+            if args.source:
+                copy_split_from_dir(args.source, split, names, dest)
+            elif split in urls:
+                download_to(urls[split], dest)
+            else:
+                if archive is None:
+                    archive = os.path.join(scratch, "archive")
+                    download_to(urls["archive"], archive)
+                extract_member(archive, archive_members[split], dest)
+            digest, counts[split], nonblank, error = scan_text(dest)
+            if not nonblank:
+                fail(f"the {split} split is empty")
+            if error:
+                fail(f"the {split} split is not UTF-8 text ({error})")
+            if not args.no_verify and split in sha256s and digest != sha256s[split]:
+                message = f"{split}: sha256 differs from the standard {corpus} file, so perplexities are not comparable"
+                if args.source:
+                    print(f"warning: {message}", file=sys.stderr)
+                else:
+                    fail(message)
         bin_dir = outputs.folder(args.out, "--out")
         binarize(raw_dir, bin_dir, args.workers, vocab)
         outputs.name_final_paths(os.path.join(bin_dir, "preprocess.log"))
@@ -179,5 +252,5 @@ def main(corpus: str, urls: Dict[str, str], archive_members: Dict[str, str], nam
         nwords = sum(1 for _ in f)
     print(f"{corpus}: dictionary {nwords + 4:,} symbols (4 fairseq specials, padded to a multiple of 8)")
     for split in SPLITS:
-        print(f"{corpus} {split}: {count_tokens(texts[split]):,} tokens incl. one </s> per line "
+        print(f"{corpus} {split}: {counts[split]:,} tokens incl. one </s> per line "
               f"(= targets of a batch-1 evaluation)")

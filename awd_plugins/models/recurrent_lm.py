@@ -187,6 +187,8 @@ class RecurrentLanguageModel(FairseqLanguageModel):
             self._pointer_key = None
 
     def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
+        if getattr(self, "remap_embeddings", None) is not None:  # set by the task (--remap-embeddings)
+            state_dict = self.remap_embeddings(self, state_dict)
         key = "decoder.embed_tokens.weight"
         if key in state_dict and state_dict[key].size(0) != self.decoder.embed_tokens.weight.size(0):
             raise AwdUserError(

@@ -76,6 +76,15 @@ def _loop_backward(f, z, c0, c, grad_c):
     return df, dz, G_next - f[0] * G_next
 
 
+def _traceable_forward(f: torch.Tensor, z: torch.Tensor, c0: torch.Tensor) -> torch.Tensor:
+    # the same recurrence without out= writes, which tracing for ONNX does not follow
+    cells, prev = [], c0
+    for t in range(z.size(0)):
+        prev = prev + f[t] * (z[t] - prev)
+        cells.append(prev)
+    return torch.stack(cells)
+
+
 # -- log-depth scan (CUDA, any device) --------------------------------------------------
 def _affine_scan(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Inclusive scan of h_t = a_t h_{t−1} + b_t with h_{−1} = 0 (Hillis–Steele).
@@ -152,6 +161,8 @@ def forget_mult(
         c0 = f.new_zeros(f.shape[1:])
     else:
         c0 = c0.reshape(f.shape[1:])
+    if torch.jit.is_tracing():  # export (awd_plugins.inference): plain out-of-place ops, no autograd Function
+        return _traceable_forward(f, z, c0)
     return _ForgetMult.apply(f.contiguous(), z.contiguous(), c0.contiguous(), impl)
 
 

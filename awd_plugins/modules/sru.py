@@ -141,12 +141,12 @@ def sru_recurrence(u: Tensor, fr: Tensor, rr: Tensor, xs: Tensor, weight_c: Tens
         c0 = u.new_zeros(u.shape[1:])
     dtype = u.dtype
     cast = [t if t is None or t.dtype == dtype else t.to(dtype) for t in (xs, weight_c, bias, c0, mask)]
-    if u.device.type in ("cpu", "cuda"):
+    if u.device.type in ("cpu", "cuda") and not torch.jit.is_tracing():
         # the inputs are in u's dtype already; autocast would re-cast the ops of the step loops
         # (σ in fp32, lerp in bf16: a dtype error under CPU bf16 autocast)
         with torch.autocast(u.device.type, enabled=False):
             return SRURecurrence.apply(u, fr, rr, *cast)
-    # other devices: the reference loop (autograd through every step)
+    # export (awd_plugins.inference traces the model) and other devices: the reference loop
     return sru_recurrence_reference(u, fr, rr, *cast)
 
 

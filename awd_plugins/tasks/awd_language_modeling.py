@@ -44,15 +44,16 @@ from omegaconf import II
 from awd_plugins.carried_state import CarriedTrainingState
 from awd_plugins.data.stream_dataset import (
     StreamDataset,
+    StreamRows,
     TokenStream,
-    batchify,
+    describe_shard,
     evaluation_windows,
-    load_token_stream,
     training_windows,
     window_columns,
 )
 from awd_plugins import dynamic_eval
 from awd_plugins.errors import AwdUserError
+from awd_plugins.models.remap_embeddings import remap_for_finetuning
 from awd_plugins.optim import nt_asgd
 from awd_plugins.tasks import _input_checks
 
@@ -118,6 +119,13 @@ class AwdLanguageModelingConfig(FairseqDataclass):
     tokens_per_sample: int = field(
         default=1024, metadata={"help": "unused: accepted so that fairseq-eval-lm's --context-window parses (state is carried instead)"}
     )
+    remap_embeddings: Optional[str] = field(
+        default=None,
+        metadata={"help": "with --finetune-from-model: the dict.txt the pretrained model was trained with; "
+                  "embedding/output rows are mapped by symbol to this data-bin's dictionary (new symbols: mean row)"},
+    )
+    finetune_from_model: Optional[str] = II("checkpoint.finetune_from_model")
+    save_dir: str = II("checkpoint.save_dir")
     seed: int = II("common.seed")
     train_subset: str = II("dataset.train_subset")
     save_interval_updates: int = II("checkpoint.save_interval_updates")
@@ -172,9 +180,10 @@ class AwdLanguageModelingTask(FairseqTask):
     def load_dataset(self, split: str, epoch: int = 1, combine: bool = False, **kwargs):
         path = os.path.join(utils.split_paths(self.cfg.data)[0], split)
         indexed = _input_checks.load_split(path, split, self.dictionary, self.cfg.data)
-        stream = load_token_stream(indexed, self.dictionary.eos())
-        self.datasets[split] = TokenStream(stream, split)
-        logger.info(f"{split}: {stream.numel() - 1:,} tokens")
+        # memory-mapped: each rank reads only its own rows' windows (issue #16)
+        stream = TokenStream.from_indexed(indexed, self.dictionary.eos(), split)
+        self.datasets[split] = stream
+        logger.info(f"{split}: {len(stream) - 1:,} tokens")
 
     def get_batch_iterator(self, dataset, max_tokens=None, max_sentences=None, seed=1, num_workers=0, epoch=1, **kwargs):
         if not isinstance(dataset, TokenStream):  # prompts for sampling: fairseq's own batching
@@ -200,10 +209,13 @@ class AwdLanguageModelingTask(FairseqTask):
             world = distributed_utils.get_data_parallel_world_size()
             rank = distributed_utils.get_data_parallel_rank()
         try:
-            streams = StreamDataset(batchify(dataset.stream, bsz, rank, world, _input_checks.min_stream_length(training)),
-                                    carry_key=key)
+            streams = StreamDataset(
+                StreamRows(dataset, bsz, rank, world, _input_checks.min_stream_length(training)), carry_key=key
+            )
         except ValueError as e:
             raise AwdUserError(f"{dataset.split}: {e}")
+        # every rank says which streams it owns (fairseq silences INFO on ranks > 0)
+        (logger.warning if world > 1 else logger.info)(describe_shard(streams.rows, dataset.split, rank, world))
         if training:
             sampler = self._training_sampler
         else:
@@ -276,6 +288,8 @@ class AwdLanguageModelingTask(FairseqTask):
         model = super().build_model(cfg, from_checkpoint)
         # for --dynamic-eval, which fairseq-eval-lm's dataloader hook wraps (False: an ensemble)
         self._model = model if self._model is None else False
+        if getattr(self.cfg, "remap_embeddings", None) and not from_checkpoint:  # training only, not a reload of the finetuned model
+            model.remap_embeddings = remap_for_finetuning(self.cfg, self.dictionary)
         if self.cfg.pointer_window > 0:
             if not hasattr(model, "set_pointer"):
                 raise AwdUserError(

@@ -1,0 +1,238 @@
+"""The inference step of any awd-plugins language model, as a self-contained module to export.
+
+Built only on the decoder interface of :mod:`awd_plugins.models.recurrent_lm`
+(``init_state`` / ``run`` / ``output_layer`` / ``get_normalized_probs``), so every
+architecture exports the same way (issue #16):
+
+    inputs   tokens (int64, B×T, batch-first as in fairseq), then the state tensors
+    outputs  log_probs (float, B×T×V), then the new state tensors in the same order
+
+* no dropout (the model is put in ``eval()``) and weight drop resolved: every
+  :class:`~awd_plugins.modules.weight_drop.WeightDrop` is replaced by the module it
+  wraps, which holds the raw weights (REFERENCE §2.4: evaluation uses them unscaled);
+* the state is the decoder's nested tuple/list state flattened in a fixed order
+  (depth-first, as ``init_state`` lists it) and named after its path, ``state_0_1``
+  = element 1 of element 0;
+* the split softmax / fairseq's adaptive softmax are flattened to one log-probability
+  vector through the decoder's own ``get_normalized_probs`` (no sampling clamp).
+
+Shapes are fixed at export time (batch B and window T, ``--batch-size``/``--window``),
+because recurrences written as Python loops over time (QRNN, SRU) are unrolled by
+tracing. Architectures whose state changes shape from call to call (an attention
+memory that grows towards its cap: SHA-RNN blocks with attention, SRU++) are refused
+with a clear error for now.
+"""
+
+import copy
+import json
+import os
+import warnings
+from typing import Any, List, Tuple
+
+import torch
+from torch import nn
+
+from awd_plugins.errors import AwdUserError
+from awd_plugins.modules.weight_drop import WeightDrop
+
+
+# -- nested state <-> flat list ---------------------------------------------------------
+def flatten_state(state: Any, prefix: str = "state") -> Tuple[List[torch.Tensor], List[str], Any]:
+    """Tensors of a nested tuple/list state in depth-first order, their names, and the structure."""
+    tensors, names = [], []
+
+    def walk(node, path):
+        if torch.is_tensor(node):
+            tensors.append(node)
+            names.append(path)
+            return len(tensors) - 1
+        if isinstance(node, (list, tuple)):
+            return (type(node), [walk(child, f"{path}_{i}") for i, child in enumerate(node)])
+        raise AwdUserError(f"cannot export a state element of type {type(node).__name__} (tensors, tuples, lists only)")
+
+    structure = walk(state, prefix)
+    return tensors, names, structure
+
+
+def unflatten_state(tensors, structure) -> Any:
+    """Inverse of :func:`flatten_state`."""
+    if isinstance(structure, int):
+        return tensors[structure]
+    kind, children = structure
+    return kind(unflatten_state(tensors, child) for child in children)
+
+
+def resolve_weight_drop(module: nn.Module) -> nn.Module:
+    """Replace every WeightDrop wrapper by the module it wraps (the raw weights), in place."""
+    for name, child in list(module.named_children()):
+        if isinstance(child, WeightDrop):
+            setattr(module, name, resolve_weight_drop(child.module))
+        else:
+            resolve_weight_drop(child)
+    return module
+
+
+class InferenceStep(nn.Module):
+    """``(tokens B×T, *state) → (log_probs B×T×V, *new_state)`` for a :class:`RecurrentLanguageModel`."""
+
+    def __init__(self, model: nn.Module, batch_size: int = 1):
+        super().__init__()
+        decoder = resolve_weight_drop(copy.deepcopy(model.decoder)).eval()
+        self.decoder = decoder
+        self.batch_size = batch_size
+        like = next(decoder.parameters())
+        _, self.state_names, self.structure = flatten_state(decoder.init_state(batch_size, like))
+        self.output_state_names = ["new_" + n for n in self.state_names]
+        self.eval()
+
+    def train(self, mode: bool = True):
+        # always the inference step: exporters that restore the caller's mode must not turn dropout on
+        return super().train(False)
+
+    def initial_state(self) -> List[torch.Tensor]:
+        like = next(self.decoder.parameters())
+        return flatten_state(self.decoder.init_state(self.batch_size, like))[0]
+
+    def forward(self, tokens: torch.Tensor, *state: torch.Tensor):
+        nested = unflatten_state(list(state), self.structure)
+        _, dropped, new_state = self.decoder.run(tokens.t(), nested)  # T×B×H
+        features = dropped.transpose(0, 1)  # B×T×H
+        logits = self.decoder.output_layer(features)
+        log_probs = self.decoder.get_normalized_probs((logits, {"attn": None}), log_probs=True, sample=None)
+        new_flat, _, structure = flatten_state(new_state)
+        if structure != self.structure:
+            raise AwdUserError("the decoder's new state is not laid out as its initial state; cannot export it")
+        return (log_probs.float(), *new_flat)
+
+
+def check_fixed_state_shapes(step: InferenceStep, window: int):
+    """Refuse models whose state changes shape between calls (a growing attention memory)."""
+    state = step.initial_state()
+    tokens = torch.zeros(step.batch_size, window, dtype=torch.long)
+    with torch.no_grad():
+        for _ in range(2):
+            new = step(tokens, *state)[1:]
+            for name, old, nxt in zip(step.state_names, state, new):
+                if old.shape != nxt.shape:
+                    raise AwdUserError(
+                        f"not implemented: the state {name} changes shape from {list(old.shape)} to {list(nxt.shape)} "
+                        f"between calls (an attention memory growing towards its cap, as in SHA-RNN with attention "
+                        f"and SRU++); export supports models whose state keeps its shape"
+                    )
+            state = list(new)
+
+
+def describe(step: InferenceStep, window: int, vocab: int, fmt: str, arch: str, symbols: List[str], eos: int) -> dict:
+    """The calling convention written beside the exported model (model.json)."""
+    state = step.initial_state()
+    entry = lambda name, t: {"name": name, "shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", "")}  # noqa: E731
+    inputs = [{"name": "tokens", "shape": [step.batch_size, window], "dtype": "int64"}]
+    inputs += [entry(n, t) for n, t in zip(step.state_names, state)]
+    outputs = [{"name": "log_probs", "shape": [step.batch_size, window, vocab], "dtype": "float32"}]
+    outputs += [entry(n, t) for n, t in zip(step.output_state_names, state)]
+    return {
+        "format": fmt,
+        "architecture": arch,
+        "batch_size": step.batch_size,
+        "window": window,
+        "vocab_size": vocab,
+        "eos": eos,
+        "initial_state": "zeros of every state input's shape",
+        "inputs": inputs,
+        "outputs": outputs,
+        "symbols": symbols,
+    }
+
+
+def _atomic(path: str, write):
+    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.tmp{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def example_inputs(step: InferenceStep, window: int, vocab: int):
+    gen = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, vocab, (step.batch_size, window), generator=gen)
+    return (tokens, *step.initial_state())
+
+
+def export_torchscript(step: InferenceStep, window: int, vocab: int, out: str) -> torch.jit.ScriptModule:
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TracerWarnings: shapes are fixed at export on purpose
+        traced = torch.jit.trace(step, example_inputs(step, window, vocab), check_trace=False)
+    _atomic(out, lambda tmp: traced.save(tmp))
+    return traced
+
+
+def export_onnx(step: InferenceStep, window: int, vocab: int, out: str, opset: int = 17):
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        raise AwdUserError("--format onnx needs the packages onnx and onnxruntime (pip install 'awd-plugins[export]')")
+    args = example_inputs(step, window, vocab)
+    names_in = ["tokens", *step.state_names]
+    names_out = ["log_probs", *step.output_state_names]
+
+    def write(tmp):
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(step, args, tmp, input_names=names_in, output_names=names_out,
+                              opset_version=opset, dynamo=False, do_constant_folding=True)
+
+    _atomic(out, write)
+
+
+def onnx_session(path: str, threads: int = 0):
+    try:
+        import onnxruntime
+    except ImportError:
+        raise AwdUserError("checking an ONNX export needs onnxruntime (pip install 'awd-plugins[export]')")
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3
+    options.intra_op_num_threads = threads  # 0: onnxruntime's default (all cores)
+    return onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+
+class OnnxStep:
+    """Calls an exported ONNX model with the same convention as :class:`InferenceStep` (torch in/out).
+
+    ``input_names``: every input of the convention in order (model.json's); inputs the
+    exporter found unused (empty states) are not fed.
+    """
+
+    def __init__(self, path: str, input_names: List[str], threads: int = 0):
+        self.session = onnx_session(path, threads)
+        self.input_names = input_names
+        self.graph_inputs = {i.name for i in self.session.get_inputs()}
+
+    def __call__(self, tokens, *state):
+        feed = {n: t.numpy() for n, t in zip(self.input_names, (tokens, *state)) if n in self.graph_inputs}
+        return tuple(torch.from_numpy(o) for o in self.session.run(None, feed))
+
+
+def verify(step: InferenceStep, exported, window: int, vocab: int, atol: float = 1e-4) -> float:
+    """Largest difference between the exported model and the PyTorch step over two carried windows."""
+    tokens, *state = example_inputs(step, window, vocab)
+    ref_state, exp_state, worst = list(state), list(state), 0.0
+    with torch.no_grad():
+        for _ in range(2):
+            ref = step(tokens, *ref_state)
+            got = exported(tokens, *exp_state)
+            worst = max(worst, *[(a - b).abs().max().item() for a, b in zip(ref, got) if a.numel()])
+            ref_state, exp_state = list(ref[1:]), list(got[1:])
+    if worst > atol:
+        raise AwdUserError(f"the exported model differs from the PyTorch model by {worst:.2e} (> {atol})")
+    return worst
+
+
+def write_json(path: str, description: dict):
+    def write(tmp):
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(description, f, indent=1)
+            f.write("\n")
+
+    _atomic(path, write)
