@@ -21,6 +21,7 @@ from awd_plugins import inference
 from awd_plugins.errors import AwdUserError
 from awd_plugins.models.awd_lstm import AwdLstmConfig, AwdLstmModel
 from awd_plugins.models.awd_qrnn import AwdQrnnConfig, AwdQrnnModel
+from awd_plugins.models.mogrifier_lstm import MogrifierLstmConfig, MogrifierLstmModel
 from awd_plugins.models.rnn_lm import RnnLmConfig, RnnLmModel
 from awd_plugins.models.sha_rnn import ShaRnnConfig, ShaRnnModel
 from awd_plugins.models.srupp import SruConfig, SruModel, SruppConfig, SruppModel
@@ -29,6 +30,8 @@ from conftest import REPO
 V = 40
 ARCHS = {
     "awd_lstm": (AwdLstmModel, AwdLstmConfig, dict(emsize=6, nhid=8, nlayers=2, wdrop=0.3, splits="20")),
+    "awd_lstm_mos": (AwdLstmModel, AwdLstmConfig, dict(emsize=6, nhid=8, nlayers=2, splits="none", n_experts=3)),
+    "mogrifier_lstm": (MogrifierLstmModel, MogrifierLstmConfig, dict(emsize=6, nhid=6, nlayers=2, mogrifier_rounds=3, mogrifier_rank=2)),
     "awd_qrnn": (AwdQrnnModel, AwdQrnnConfig, dict(emsize=6, nhid=8, nlayers=2, wdrop=0.3)),
     "sha_rnn_no_attention": (ShaRnnModel, ShaRnnConfig, dict(emsize=8, nhid=16, nlayers=2, attention_blocks="none")),
     "sru": (SruModel, SruConfig, dict(n_d=8, depth=2)),
