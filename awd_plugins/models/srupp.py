@@ -6,7 +6,8 @@ Training Language Models with Reduced Compute", arXiv:2102.12459; asappresearch/
 
 ``--arch srupp`` stacks SRU++ layers (:class:`~awd_plugins.modules.srupp.SRUpp`),
 ``--arch sru`` plain SRU layers (:class:`~awd_plugins.modules.sru.SRU`, no
-attention) in the same wrapper.
+attention) in the same wrapper: the 3.0 cell, not the v1 cell of the 2018 SRU
+language model, so it reproduces no published SRU LM figure.
 
 Output layer, as the paper's scripts:
 
@@ -99,7 +100,12 @@ class SruppConfig(FairseqDataclass):
 
 @dataclass
 class SruConfig(SruppConfig):
-    """Plain SRU LM; defaults of asappresearch/sru language_model/train_lm.py (PTB)."""
+    """Plain SRU LM: SRU++'s wrapper with the 3.0 SRU cell (trained ``v`` terms, dropout mask on c).
+
+    Not the SRU language model of Lei et al. 2018 (asappresearch/sru ``language_model/train_lm.py``):
+    that one uses the v1 cell without ``v`` terms and variational dropout on each layer's input, so
+    its published PTB perplexity does not apply here. The defaults only borrow its sizes (6 × 910).
+    """
 
     n_d: int = field(default=910, metadata={"help": "hidden size d of every layer (and the embedding width)"})
     n_proj: int = field(default=0, metadata={"help": "factorise the SRU transform through this width (0 = no)"})
@@ -340,7 +346,8 @@ def srupp_lm1b_large_k5(cfg):
     srupp_lm1b_base(cfg)
 
 
-@register_model_architecture("sru", "sru_ptb")
-def sru_ptb(cfg):
-    # language_model/train_lm.py: --d 910 --depth 6 --dropout 0.7 --rnn_dropout 0.2 --bias -3, tied
+@register_model_architecture("sru", "sru_6x910")
+def sru_6x910(cfg):
+    # 6 tied layers of 910 with dropout 0.7 / 0.2 and highway bias −3: the sizes of train_lm.py's PTB model,
+    # but with the 3.0 cell (see SruConfig), hence no published figure and no PTB name (formerly sru_ptb)
     _defaults(cfg, n_d=910, depth=6, dropout=0.7, rnn_dropout=0.2, highway_bias=-3.0, tie_weights=True)
