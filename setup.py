@@ -26,6 +26,7 @@ setup(
             "awd-plot=awd_plugins.cli.plot_curves:cli_main",
             "awd-detokenize=awd_plugins.cli.detokenize:cli_main",
             "awd-pointer-search=awd_plugins.cli.pointer_search:cli_main",
+            "awd-reproduce=awd_plugins.cli.reproduce:cli_main",
         ]
     },
 )
