@@ -150,3 +150,11 @@ def test_tiny_awd_lstm_every_stage(tmp_path):
         else:
             assert stages[name]["status"] == "skipped" and "not available" in stages[name]["note"]
             assert "not available (the task has no --dynamic-eval)" in proc.stdout
+
+
+def test_demo_is_a_fixed_amount_of_work_at_every_scale():
+    demo = {scale: pipelines.build("demo", pipelines.Paths("w", None, scale, 0)) for scale in ("tiny", "full")}
+    assert [s.args for s in demo["tiny"].stages] == [s.args for s in demo["full"].stages]
+    train = next(s for s in demo["tiny"].stages if s.kind == "train").args
+    assert "--max-epoch" in train and "--stop-time-hours" not in train and "--max-update" not in train
+    assert demo["tiny"].fixed and demo["tiny"].gpus == 0

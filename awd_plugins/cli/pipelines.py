@@ -41,6 +41,7 @@ class Pipeline:
     source: str  # where the published figures come from
     gpus: int  # published number of GPUs
     stages: List[Stage]
+    fixed: bool = False  # the same commands at every scale (the demo), figures "expected" rather than published
 
 
 @dataclass
@@ -307,8 +308,44 @@ def word_lm_pipeline(name: str, p: Paths) -> Pipeline:
                     "pytorch/examples word_language_model README (old)", 1, stages)
 
 
+# -- the demo (README's `make demo`): a fixed amount of work on the bundled excerpt -------------------------
+
+# Expected figures of the demo, measured with `awd-reproduce demo` (notes/README-recipes.md); a run on
+# another machine should land within DEMO_TOLERANCE (relative) of them.
+DEMO_EXPECTED = {"train": None, "eval test": None, "eval test + pointer": None}
+DEMO_TOLERANCE = 0.03
+DEMO_EPOCHS = 4
+
+
+def demo_pipeline(name: str, p: Paths) -> Pipeline:
+    prepare = Stage("prepare", "prepare", "prepare_wikitext2.py",
+                    ["--from", bundled_corpus(), "--no-verify", "--vocab-size", "10000", "--out", p.data, "--force"],
+                    note="the bundled WikiText-2 excerpt")
+    train = [p.data, "--task", "awd_language_modeling", "--arch", "awd_lstm", "--emsize", "200", "--nhid", "400",
+             "--nlayers", "2", "--dropouti", "0.4", "--dropouth", "0.25", "--dropout", "0.4",
+             "--criterion", "split_cross_entropy", "--alpha", "2", "--beta", "1",
+             "--optimizer", "nt_asgd", "--lr-scheduler", "nt_asgd", "--lr", "30", "--nonmono", "1", "--clip-norm", "0.25",
+             "--batch-size", "20", "--bptt", "35", "--seed", "141", "--max-epoch", str(DEMO_EPOCHS),
+             "--no-epoch-checkpoints", "--cpu", "--num-workers", "0", "--log-format", "simple", "--log-interval", "50",
+             "--tensorboard-logdir", os.path.join(p.work, "tensorboard"), "--save-dir", p.save("train")]
+    ckpt = os.path.join(p.save("train"), "checkpoint_best.pt")
+    stages = [prepare,
+              Stage("train", "train", "fairseq-train", train, DEMO_EXPECTED["train"],
+                    note=f"{DEMO_EPOCHS} epochs; best validation (10 streams)"),
+              Stage("eval test", "eval", "fairseq-eval-lm",
+                    [p.data, *COMMON_EVAL, "--path", ckpt, "--gen-subset", "test", "--batch-size", "1", "--bptt", "500",
+                     "--cpu", "--num-workers", "0"], DEMO_EXPECTED["eval test"]),
+              Stage("eval test + pointer", "eval", "fairseq-eval-lm",
+                    [p.data, *COMMON_EVAL, "--path", ckpt, "--gen-subset", "test", "--batch-size", "1", "--bptt", "500",
+                     "--pointer-window", "500", "--pointer-theta", "1.0", "--pointer-lambda", "0.1",
+                     "--cpu", "--num-workers", "0"], DEMO_EXPECTED["eval test + pointer"])]
+    return Pipeline(name, "Demo: small AWD-LSTM on the bundled WikiText-2 excerpt", "wt2", "ppl",
+                    f"expected figures of the demo (within {DEMO_TOLERANCE:.0%})", 0, stages, fixed=True)
+
+
 BUILDERS = {**{n: awd_pipeline for n in AWD}, "sha-rnn-enwik8": sha_rnn_pipeline,
-            "srupp-enwik8-base": srupp_pipeline, "srupp-wt103-base": srupp_pipeline, "word-lm-wt2": word_lm_pipeline}
+            "srupp-enwik8-base": srupp_pipeline, "srupp-wt103-base": srupp_pipeline, "word-lm-wt2": word_lm_pipeline,
+            "demo": demo_pipeline}
 
 
 def build(name: str, p: Paths) -> Pipeline:

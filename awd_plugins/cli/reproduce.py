@@ -34,6 +34,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import zipfile
 from typing import Dict, List, Optional
@@ -97,11 +98,12 @@ def command(stage: Stage) -> List[str]:
 
 def parse_train(log: str, metric: str) -> Dict[str, Optional[float]]:
     """Best validation figure (ppl, or bpc = fairseq's base-2 loss) and the mean training words/s."""
-    valid = re.findall(r"valid on 'valid' subset \| loss ([\d.]+) \|.*?\| ppl ([\d.]+)", log)
-    if metric == "bpc":
-        figures = [float(loss) for loss, _ in valid]
-    else:
-        figures = [float(ppl) for _, ppl in valid]
+    figures = []
+    for line in log.splitlines():
+        if "valid on 'valid' subset" in line:
+            m = re.search(r"\| loss ([\d.]+)" if metric == "bpc" else r"\| ppl ([\d.]+)", line)
+            if m:
+                figures.append(float(m.group(1)))
     # a finetune starts from the restored model, whose validation (awd_plugins.tasks.finetune_best) counts too
     seeded = re.search(r"finetune: the restored model's valid loss is ([\d.]+)", log)
     if seeded:
@@ -157,33 +159,50 @@ def write_tiny_slice(corpus: str, paths: Paths):
 
 
 class Progress:
-    """Live progress of a running command: one rewritten line on a terminal, periodic lines otherwise."""
+    """Live progress of a running command: one rewritten line on a terminal, a line every ``every``
+    seconds otherwise, showing the elapsed time and the command's latest progress line (fairseq-train's
+    ``epoch 001: 50 / 133 loss=...``); a background thread keeps it ticking while the command is silent."""
 
-    PATTERN = re.compile(r"(\| (train_inner|train|valid) \||epoch \d+:|Evaluated|wps|\d+%\|)")
+    PATTERN = re.compile(r"(\| (train_inner|train|valid) \||epoch \d+:|Evaluated|begin validation|Loading|loaded)")
 
     def __init__(self, label: str, every: float, stream=None):
         self.label, self.every = label, every
         self.stream = stream or sys.stdout
         self.tty = self.stream.isatty()
-        self.last_print = time.time()
-        self.latest = ""
-        self.start = time.time()
+        self.start = self.last_print = time.time()
+        self.latest = "starting"
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._tick, daemon=True)
+        self._thread.start()
 
     def line(self, text: str):
         text = text.strip()
-        if not text or not self.PATTERN.search(text):
-            return
-        self.latest = re.sub(r"^.*?\| INFO \| [\w.]+ \| ", "", text)
-        now = time.time()
-        if self.tty:
-            self.stream.write("\r\033[K" + f"  {self.label} [{now - self.start:5.0f}s] {self.latest}"[:150])
-            self.stream.flush()
-        elif now - self.last_print >= self.every:
-            self.stream.write(f"  {self.label} [{now - self.start:.0f}s] {self.latest}\n")
+        if text and self.PATTERN.search(text):
+            self.latest = re.sub(r"^.*?\| INFO \| [\w.]+ \| ", "", text)
+            if self.tty:
+                self._show()
+
+    def _show(self):
+        with self._lock:
+            now = time.time()
+            msg = f"  {self.label} [{now - self.start:4.0f} s] {self.latest}"
+            if self.tty:
+                width = shutil.get_terminal_size((120, 20)).columns - 1
+                self.stream.write("\r\033[K" + msg[:width])
+            else:
+                self.stream.write(msg + "\n")
             self.stream.flush()
             self.last_print = now
 
+    def _tick(self):
+        while not self._stop.wait(1.0 if self.tty else min(self.every, 5.0)):
+            if self.tty or time.time() - self.last_print >= self.every:
+                self._show()
+
     def done(self):
+        self._stop.set()
+        self._thread.join()
         if self.tty:
             self.stream.write("\r\033[K")
             self.stream.flush()
@@ -193,12 +212,12 @@ def run_stage(stage: Stage, cmd: List[str], log_path: str, progress_every: float
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONUNBUFFERED": "1"}
     env["PYTHONPATH"] = REPO + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    progress = Progress(stage.name, progress_every)
     with open(log_path, "w", encoding="utf-8") as log:
         log.write("$ " + " ".join(cmd) + "\n")
         log.flush()
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO,
                                 bufsize=1)
+        progress = Progress(stage.name, progress_every)
         try:
             for line in proc.stdout:
                 log.write(line)
@@ -207,9 +226,9 @@ def run_stage(stage: Stage, cmd: List[str], log_path: str, progress_every: float
         except KeyboardInterrupt:
             proc.terminate()
             proc.wait()
-            progress.done()
             raise
-    progress.done()
+        finally:
+            progress.done()
     if rc != 0:
         raise StageFailed(f"stage '{stage.name}' failed (exit status {rc}); its log: {log_path}")
     with open(log_path, encoding="utf-8") as f:
@@ -227,15 +246,15 @@ def fmt(x, digits=2):
     return f"{x:,.{digits}f}" if abs(x) >= 100 else f"{x:.{3 if abs(x) < 10 else digits}f}"
 
 
-def table_rows(results: List[dict], scale: str) -> List[List[str]]:
+def table_rows(results: List[dict], comparable: bool) -> List[List[str]]:
+    """Rows of the table; ``comparable`` is False at tiny scale (no published figure applies)."""
     rows = []
     for r in results:
-        if scale == "tiny":
+        published = fmt(r["published"]) if r["published"] is not None else "—"
+        if not comparable:
             published = "n/a at tiny scale"
-        else:
-            published = fmt(r["published"]) if r["published"] is not None else "—"
         diff = "—"
-        if scale == "full" and r.get("ours") is not None and r["published"] is not None:
+        if comparable and r.get("ours") is not None and r["published"] is not None:
             diff = f"{r['ours'] - r['published']:+.3f}" if r["metric"] == "bpc" else f"{r['ours'] - r['published']:+.2f}"
         ours = r["note"] if r["status"] == "skipped" else fmt(r.get("ours"))
         metric = r["metric"] if r["kind"] != "prepare" else ""
@@ -244,17 +263,18 @@ def table_rows(results: List[dict], scale: str) -> List[List[str]]:
     return rows
 
 
-HEADER = ["stage", "metric", "published", "ours", "difference", "wall time", "tokens/s"]
+def header(fixed: bool) -> List[str]:
+    return ["stage", "metric", "expected" if fixed else "published", "ours", "difference", "wall time", "tokens/s"]
 
 
-def text_table(rows: List[List[str]]) -> str:
-    widths = [max(len(str(c)) for c in col) for col in zip(HEADER, *rows)]
+def text_table(head: List[str], rows: List[List[str]]) -> str:
+    widths = [max(len(str(c)) for c in col) for col in zip(head, *rows)]
     line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
-    return "\n".join([line(HEADER), line(["-" * w for w in widths])] + [line(r) for r in rows])
+    return "\n".join([line(head), line(["-" * w for w in widths])] + [line(r) for r in rows])
 
 
-def markdown_table(rows: List[List[str]]) -> str:
-    out = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+def markdown_table(head: List[str], rows: List[List[str]]) -> str:
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
     return "\n".join(out)
 
@@ -344,7 +364,7 @@ def main(argv=None) -> int:
                   f"(log: {show(log_path)})", flush=True)
             start = time.time()
             try:
-                if stage.kind == "prepare" and args.scale == "tiny":
+                if stage.kind == "prepare" and args.scale == "tiny" and not pipe.fixed:
                     write_tiny_slice(pipe.corpus, paths)
                 log = run_stage(stage, cmd, log_path, args.progress_every)
             except StageFailed as e:
@@ -363,12 +383,17 @@ def main(argv=None) -> int:
         write_atomic(record_path, json.dumps(record, indent=1))
         results.append(record)
 
-    rows = table_rows(results, args.scale)
-    title = f"{pipe.title} — {args.name}, scale {args.scale}"
-    source = f"Published figures: {pipe.source}." if args.scale == "full" else \
-        "Tiny scale: a tiny model on a corpus slice; figures are not comparable with the published ones."
-    print(f"\n{title}\n{text_table(rows)}\n{source}")
-    write_atomic(os.path.join(work, "results.md"), f"## {title}\n\n{markdown_table(rows)}\n\n{source}\n")
+    comparable = args.scale == "full" or pipe.fixed
+    rows, head = table_rows(results, comparable), header(pipe.fixed)
+    title = f"{pipe.title} — {args.name}" + ("" if pipe.fixed else f", scale {args.scale}")
+    if pipe.fixed:
+        source = f"Expected: {pipe.source}."
+    elif comparable:
+        source = f"Published figures: {pipe.source}."
+    else:
+        source = "Tiny scale: a tiny model on a corpus slice; figures are not comparable with the published ones."
+    print(f"\n{title}\n{text_table(head, rows)}\n{source}")
+    write_atomic(os.path.join(work, "results.md"), f"## {title}\n\n{markdown_table(head, rows)}\n\n{source}\n")
     write_atomic(os.path.join(work, "results.json"),
                  json.dumps({"pipeline": args.name, "title": pipe.title, "scale": args.scale, "gpus": gpus,
                              "source": pipe.source, "stages": results}, indent=1))
