@@ -56,10 +56,12 @@ SCRIPTS = {
     "awd-qrnn-ptb": ("awd_qrnn.sh", ["ptb"], {}), "awd-qrnn-wt2": ("awd_qrnn.sh", ["wt2"], {}),
     "sha-rnn-enwik8": ("sha_rnn_enwik8.sh", [], {}), "srupp-enwik8-base": ("srupp_enwik8.sh", [], {}),
     "srupp-wt103-base": ("srupp_wt103.sh", [], {}), "word-lm-wt2": ("word_language_model.sh", ["wt2-6"], {}),
+    "awd-lstm-enwik8": ("awd_adam.sh", ["enwik8"], {}), "awd-lstm-ptb-char": ("awd_adam.sh", ["ptb-char"], {}),
+    "awd-qrnn-wt103": ("awd_adam.sh", ["wt103"], {}),
 }
 
 
-@pytest.mark.parametrize("name", REQUIRED)
+@pytest.mark.parametrize("name", sorted(SCRIPTS))
 def test_full_scale_commands_are_the_example_scripts(name, tmp_path):
     script, args, env = SCRIPTS[name]
     calls = _record(tmp_path, script, *args, env=env)

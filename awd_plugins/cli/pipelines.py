@@ -67,13 +67,15 @@ COMMON_EVAL = ["--task", "awd_language_modeling"]
 def _prepare(corpus: str, p: Paths) -> Stage:
     """The preparation script of the corpus; at tiny scale it reads the slice the driver wrote."""
     script = {"ptb": "prepare_ptb.py", "wt2": "prepare_wikitext2.py", "enwik8": "prepare_enwik8.py",
-              "wt103": "prepare_wikitext103.py"}[corpus]
+              "wt103": "prepare_wikitext103.py", "ptb-char": "prepare_ptb_char.py"}[corpus]
     args = ["--out", p.data, "--force"]
     source = _source(corpus, p)
     if p.scale == "tiny":
         if corpus == "enwik8":
             args += ["--from", os.path.join(p.work, "slice", "enwik8.zip"), "--no-verify",
                      "--split-sizes", ",".join(str(n) for n in TINY_BYTES)]
+        elif corpus == "ptb-char":  # characters of the word-level slice
+            args += ["--from", os.path.join(p.work, "slice"), "--no-verify"]
         else:
             args += ["--from", os.path.join(p.work, "slice"), "--no-verify", "--vocab-size", "3000"]
     elif source:
@@ -85,7 +87,7 @@ def _prepare(corpus: str, p: Paths) -> Stage:
 def _source(corpus: str, p: Paths) -> Optional[str]:
     if not p.data_root:
         return None
-    names = {"ptb": ["ptb", "penn"], "wt2": ["wikitext-2", "wt2"], "enwik8": ["enwik8.zip", "enwik8"],
+    names = {"ptb": ["ptb", "penn"], "ptb-char": ["ptb", "penn"], "wt2": ["wikitext-2", "wt2"], "enwik8": ["enwik8.zip", "enwik8"],
              "wt103": ["wikitext-103", "wt103"]}[corpus]
     for n in names:
         path = os.path.join(p.data_root, n)
@@ -101,7 +103,7 @@ def _tiny_source_name(corpus: str, p: Paths) -> str:
 
 def tiny_source(corpus: str, p: Paths) -> str:
     """Word corpora slice PTB / WikiText-2 from --data-root when there; otherwise the bundled excerpt."""
-    if corpus in ("ptb", "wt2"):
+    if corpus in ("ptb", "ptb-char", "wt2"):
         src = _source(corpus, p)
         if src and os.path.isdir(src):
             return src
@@ -219,6 +221,38 @@ def awd_pipeline(name: str, p: Paths) -> Pipeline:
               needs_task_option="dynamic_eval"),
     ]
     return Pipeline(name, c["title"], c["corpus"], "ppl", c["source"], 1, stages)
+
+
+# -- the Adam runs of awd-lstm-lm (multi-scale paper; examples/awd_adam.sh) ------------------------------
+
+ADAM = {
+    # name: arch, corpus, lr, weight decay, when, bptt, batch, epochs, published test figure, metric
+    "awd-lstm-enwik8": ("awd_lstm_enwik8", "enwik8", "1e-3", "1.2e-6", "25,35", "200", "128", "50", 1.232, "bpc"),
+    "awd-lstm-ptb-char": ("awd_lstm_ptb_char", "ptb-char", "2e-3", "1.2e-6", "300,400", "150", "128", "500", 1.175,
+                          "bpc"),
+    "awd-qrnn-wt103": ("awd_qrnn_wt103", "wt103", "1e-3", "0", "12", "140", "60", "14", 33.0, "ppl"),
+}
+
+
+def awd_adam_pipeline(name: str, p: Paths) -> Pipeline:
+    arch, corpus, lr, wd, when, bptt, bsz, epochs, figure, metric = ADAM[name]
+    train = _tiny(p, [p.data, "--task", "awd_language_modeling", "--arch", arch,
+                      "--criterion", "split_cross_entropy", "--alpha", "0", "--beta", "0",
+                      "--optimizer", "adam_l2", "--weight-decay", wd, "--lr", lr, "--lr-scheduler", "awd_when",
+                      "--when", when, "--clip-norm", "0.25", "--batch-size", bsz, "--bptt", bptt,
+                      "--eval-batch-size", "10", "--seed", "1111", "--max-epoch", epochs, "--no-epoch-checkpoints",
+                      "--log-format", "simple", "--log-interval", "200", *_cpu(p, 1)],
+                  ["--emsize", "32", "--nhid", "48", "--nlayers", "2", "--batch-size", "8", "--bptt", "30",
+                   "--max-epoch", "2", "--when", "1", "--log-interval", "25"])
+    train += ["--save-dir", p.save("train")]
+    ckpt = os.path.join(p.save("train"), "checkpoint_best.pt")
+    stages = [_prepare(corpus, p), Stage("train", "train", "fairseq-train", train, None, metric,
+                                         note="best validation (10 streams)"),
+              _eval("eval test", p, ckpt, "test", ["--batch-size", "1", *_tiny(p, ["--bptt", bptt], ["--bptt", "30"])],
+                    figure, metric)]
+    title = {"awd-lstm-enwik8": "AWD-LSTM 3 layers, Adam, enwik8", "awd-lstm-ptb-char": "AWD-LSTM 3 layers, Adam, "
+             "PTB-char", "awd-qrnn-wt103": "AWD-QRNN 4 layers, Adam, WikiText-103"}[name]
+    return Pipeline(name, title, corpus, metric, "Merity et al. 2018 (multi-scale paper)", 1, stages)
 
 
 # -- SHA-RNN (Smerity/sha-rnn README) -------------------------------------------------------------------
@@ -345,7 +379,7 @@ def demo_pipeline(name: str, p: Paths) -> Pipeline:
 
 BUILDERS = {**{n: awd_pipeline for n in AWD}, "sha-rnn-enwik8": sha_rnn_pipeline,
             "srupp-enwik8-base": srupp_pipeline, "srupp-wt103-base": srupp_pipeline, "word-lm-wt2": word_lm_pipeline,
-            "demo": demo_pipeline}
+            **{n: awd_adam_pipeline for n in ADAM}, "demo": demo_pipeline}
 
 
 def build(name: str, p: Paths) -> Pipeline:
