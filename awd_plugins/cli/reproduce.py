@@ -348,6 +348,7 @@ def main(argv=None) -> int:
         if os.path.exists(record_path):
             with open(record_path, encoding="utf-8") as f:
                 record = json.load(f)
+            record["published"] = stage.published  # the figure of this version of the pipeline
             print(f"{head}: done earlier ({fmt(record.get('ours')) if record['status'] == 'done' else record['note']})")
             results.append(record)
             continue
