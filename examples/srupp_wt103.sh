@@ -38,7 +38,7 @@ SAVE=${SAVE:-checkpoints/srupp_wt103_$SIZE}
 if [ "$SIZE" = base ]; then BPTT=768; else BPTT=1024; fi
 
 fairseq-train "$DATA" --user-dir awd_plugins --task awd_language_modeling --arch srupp_wt103_$SIZE \
-  --criterion adaptive_loss --ddp-backend legacy_ddp \
+  --criterion split_cross_entropy --alpha 0 --beta 0 --ddp-backend legacy_ddp \
   --optimizer radam_decoupled --weight-decay 0.1 --lr 0.0003 --clip-norm 1.0 \
   --lr-scheduler srupp_cosine --warmup-updates 16000 --warmup-from-zero --max-update 400000 \
   --batch-size 8 --bptt $BPTT --fixed-bptt --no-lr-rescale --eval-batch-size 16 \

@@ -15,12 +15,16 @@ def _record(tmp_path, script, *args, env=None):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
     log = tmp_path / "calls.txt"
+    # the stub fairseq-train leaves a (dummy) checkpoint_best.pt where the next step checks for it
+    save_dir = 'prev=""; for a in "$@"; do [ "$prev" = --save-dir ] && mkdir -p "$a" && echo x > "$a/checkpoint_best.pt"; prev=$a; done'
     for tool in ("fairseq-train", "fairseq-eval-lm"):
         stub = bin_dir / tool
-        stub.write_text(f'#!/usr/bin/env bash\necho "{tool} $*" >> "{log}"\n')
+        stub.write_text(f'#!/usr/bin/env bash\necho "{tool} $*" >> "{log}"\n' + (save_dir + "\n" if tool == "fairseq-train" else ""))
         stub.chmod(0o755)
     data = tmp_path / "data"
-    data.mkdir(exist_ok=True)  # an existing DATA skips the corpus preparation
+    data.mkdir(exist_ok=True)  # an existing, complete DATA skips the corpus preparation
+    for name in ("dict.txt", "train.bin", "train.idx", "valid.bin", "valid.idx", "test.bin", "test.idx"):
+        (data / name).write_text("x")
     full_env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "DATA": str(data),
                 "SAVE": str(tmp_path / "save"), **(env or {})}
     proc = subprocess.run(["bash", os.path.join(REPO, "examples", script), *args], env=full_env, cwd=REPO,

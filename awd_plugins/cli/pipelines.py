@@ -294,8 +294,8 @@ def srupp_pipeline(name: str, p: Paths) -> Pipeline:
     corpus = "enwik8" if enwik8 else "wt103"
     metric = "bpc" if enwik8 else "ppl"
     common = [p.data, "--task", "awd_language_modeling", "--arch", "srupp_enwik8_base" if enwik8 else "srupp_wt103_base",
-              *(["--criterion", "cross_entropy"] if enwik8 else ["--criterion", "adaptive_loss", "--ddp-backend",
-                                                                  "legacy_ddp"]),
+              *(["--criterion", "cross_entropy"] if enwik8 else ["--criterion", "split_cross_entropy", "--alpha", "0",
+                                                                  "--beta", "0", "--ddp-backend", "legacy_ddp"]),
               "--optimizer", "radam_decoupled", "--weight-decay", "0.1", "--lr", "0.0003", "--clip-norm", "1.0",
               "--lr-scheduler", "srupp_cosine", "--warmup-updates", "16000", *([] if enwik8 else ["--warmup-from-zero"]),
               "--max-update", "400000", "--batch-size", "4" if enwik8 else "8", "--bptt", "1024" if enwik8 else "768",
