@@ -41,6 +41,7 @@ setup(
             "awd-dynamic-eval-search=awd_plugins.cli.dynamic_eval_search:cli_main",
             "awd-datastore=awd_plugins.cli.datastore:cli_main",
             "awd-export=awd_plugins.cli.export:cli_main",
+            "awd-reproduce=awd_plugins.cli.reproduce:cli_main",
         ]
     },
 )

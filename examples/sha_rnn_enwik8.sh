@@ -19,7 +19,8 @@
 # --warmup-updates 800 (lr·min(step, 800)/800 then constant, exactly); --bptt 1024 → --bptt 1024 --bptt-cap 1024
 # --no-lr-rescale (variable length capped at bptt, no lr rescale); --batch_size 16 → --batch-size 16 (streams);
 # --clip 0.25 (default) → --clip-norm 0.25; the criterion (SplitCrossEntropyLoss without splits, no AR/TAR) →
-# --criterion split_cross_entropy --alpha 0 --beta 0; validation batch min(100, 16) → --eval-batch-size 16; test
+# --criterion split_cross_entropy --alpha 0 --beta 0; validation batch min(100, batch_size) → --eval-batch-size
+# $BSZ (16, or 8 for the all-attention run); test
 # batch 8 → fairseq-eval-lm --batch-size 8; apex amp O1 → --amp; --save ENWIK8.pt → --save-dir (best = lowest
 # validation loss); --resume (model weights only, fresh optimizer, warm-up again, epochs from 1) →
 # --finetune-from-model CHECKPOINT (resets optimizer, lr scheduler, meters and data iterator).
@@ -36,7 +37,7 @@ COMMON=(--user-dir awd_plugins --task awd_language_modeling --arch $ARCH
   --criterion split_cross_entropy --alpha 0 --beta 0
   --optimizer min_trust_lamb --min-trust 0.25 --weight-decay 1.2e-6 --clip-norm 0.25
   --lr-scheduler fixed --warmup-updates 800
-  --batch-size $BSZ --bptt 1024 --bptt-cap 1024 --no-lr-rescale --eval-batch-size 16
+  --batch-size $BSZ --bptt 1024 --bptt-cap 1024 --no-lr-rescale --eval-batch-size $(( BSZ < 100 ? BSZ : 100 ))
   --amp --no-epoch-checkpoints --log-format simple --log-interval 10)
 
 # 1. 32 epochs at lr 2e-3 after an 800-update warm-up
