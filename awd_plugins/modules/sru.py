@@ -44,6 +44,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from awd_plugins.autocast import cpu_bf16_autocast_active
+
 # -- the sequential parts --------------------------------------------------------------
 
 
@@ -240,6 +242,8 @@ class SRULayer(nn.Module):
             # drawn before the transform's dropouts, in the reference's order (same seed, same masks)
             mask = dropout_mask(x, (x.size(1), self.hidden_size), self.dropout)
         U = self.compute_u(x, **kwargs)
+        if cpu_bf16_autocast_active(x):  # --cpu-bf16: the transform in bf16, the recurrence in fp32
+            U = U.float()
         if self.num_matrices == 4:
             xs = U[..., 3, :]
         else:

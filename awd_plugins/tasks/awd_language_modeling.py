@@ -50,6 +50,7 @@ from awd_plugins.data.stream_dataset import (
     training_windows,
     window_columns,
 )
+from awd_plugins.autocast import enable_cpu_bf16
 from awd_plugins.errors import AwdUserError
 from awd_plugins.optim import nt_asgd
 
@@ -88,6 +89,16 @@ class AwdLanguageModelingConfig(FairseqDataclass):
     tokens_per_sample: int = field(
         default=1024, metadata={"help": "unused: accepted so that fairseq-eval-lm's --context-window parses (state is carried instead)"}
     )
+    cpu_bf16: bool = field(
+        default=False,
+        metadata={
+            "help": "bf16 mixed precision on the CPU (autocast): matmuls in bf16; weights, optimizer, softmax, "
+            "losses and the pointer in fp32 (fairseq's --bf16 means TPU on a CPU, --amp is CUDA-only)"
+        },
+    )
+    fp16: bool = II("common.fp16")
+    bf16: bool = II("common.bf16")
+    cpu: bool = II("common.cpu")
     seed: int = II("common.seed")
     train_subset: str = II("dataset.train_subset")
 
@@ -234,6 +245,9 @@ class AwdLanguageModelingTask(FairseqTask):
     # -- model ---------------------------------------------------------------------------
     def build_model(self, cfg, from_checkpoint=False):
         model = super().build_model(cfg, from_checkpoint)
+        if self.cfg.cpu_bf16:
+            enable_cpu_bf16(model, self.cfg.fp16, self.cfg.bf16, on_gpu=torch.cuda.is_available() and not self.cfg.cpu)
+            logger.info("--cpu-bf16: bf16 autocast on the CPU (fp32 weights, optimizer, softmax, losses)")
         if self.cfg.pointer_window > 0:
             if not hasattr(model, "set_pointer"):
                 raise AwdUserError(
