@@ -26,31 +26,7 @@ from collections import defaultdict
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
-
-def build_trainer(data, arch, extra):
-    from fairseq import options, tasks
-    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
-    from fairseq.trainer import Trainer
-
-    import os
-
-    plugin = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "awd_plugins")
-    argv = [data, "--user-dir", plugin, "--task", "awd_language_modeling", "--arch", arch,
-            "--criterion", "split_cross_entropy", "--optimizer", "nt_asgd", "--lr-scheduler", "nt_asgd",
-            "--lr", "30", "--weight-decay", "1.2e-6", "--batch-size", "20", "--bptt", "70", "--seed", "141",
-            "--cpu", "--num-workers", "0", "--disable-validation", "--no-save"] + extra
-    if "--clip-norm" not in extra:
-        argv += ["--clip-norm", "0.25"]
-    parser = options.get_training_parser()
-    args = options.parse_args_and_arch(parser, input_args=argv)
-    cfg = convert_namespace_to_omegaconf(args)
-    task = tasks.setup_task(cfg.task)
-    task.load_dataset("train")
-    model = task.build_model(cfg.model)
-    criterion = task.build_criterion(cfg.criterion)
-    trainer = Trainer(cfg, task, model, criterion)
-    itr = trainer.get_train_iterator(epoch=1, load_dataset=False).next_epoch_itr(shuffle=False)
-    return trainer, itr, sum(p.numel() for p in model.parameters())
+from _trainer import build_trainer
 
 
 def stage_hooks(model):

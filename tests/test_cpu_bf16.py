@@ -85,11 +85,29 @@ def test_weight_drop_substitutes_the_masked_weight_in_the_bf16_path():
     with BF16():
         h, _ = wd(x, (h0, c0))
     torch.manual_seed(5)
-    masked = torch.nn.functional.dropout(lstm.weight_hh_l0, 0.5, training=True)
+    keep = torch.rand_like(lstm.weight_hh_l0) >= 0.5  # under --cpu-bf16 the mask comes from torch.rand
+    masked = lstm.weight_hh_l0 * keep / 0.5
     ref_h, _ = reference_lstm(x, lstm.weight_ih_l0, masked, lstm.bias_ih_l0, lstm.bias_hh_l0, h0[0], c0[0])
     torch.testing.assert_close(h, ref_h, atol=2e-2, rtol=0)
     h.sum().backward()
-    assert lstm.weight_hh_l0.grad is not None and lstm.weight_hh_l0.grad.dtype == torch.float32
+    grad = lstm.weight_hh_l0.grad
+    assert grad.dtype == torch.float32
+    assert torch.all(grad[~keep] == 0) and (grad[keep] != 0).float().mean() > 0.9
+
+
+def test_bf16_weight_drop_mask_has_the_dropout_rate_and_scale():
+    from awd_plugins.modules import WeightDrop
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(400, 500, bias=False)
+    with torch.no_grad():
+        lin.weight.fill_(1.0)
+    wd = WeightDrop(lin, ["weight"], 0.3).train()
+    with BF16():
+        masked = wd._drop(lin.weight)
+    values = masked.unique().tolist()
+    assert len(values) == 2 and values[0] == 0.0 and values[1] == pytest.approx(1 / 0.7)
+    assert (masked == 0).float().mean().item() == pytest.approx(0.3, abs=0.005)  # 200k draws
 
 
 def test_qrnn_layer_under_bf16_keeps_the_recurrence_in_fp32():
