@@ -124,18 +124,29 @@ def run_pair(ref_cmd, ref_cwd, ours_cmd, env, ours_first):
     return texts["ref"], texts["ours"], load0, os.getloadavg()[0]
 
 
-def reference_data(raw, folder):
+def reference_data(raw, folder, eval_lines=0):
+    """The reference's --data folder; with ``eval_lines``, valid.txt keeps only its first lines."""
     os.makedirs(folder, exist_ok=True)
     for split in ("train", "valid", "test"):
-        dst = os.path.join(folder, f"{split}.txt")
         src = os.path.join(raw, f"{split}.txt")
-        if os.path.exists(src):
-            with open(src, "rb") as f, open(dst, "wb") as g:
-                g.write(f.read())
-        else:
-            with gzip.open(src + ".gz", "rb") as f, open(dst, "wb") as g:
-                g.write(f.read())
+        opener = open if os.path.exists(src) else gzip.open
+        with opener(src if os.path.exists(src) else src + ".gz", "rb") as f:
+            lines = f.readlines()
+        if split == "valid" and eval_lines:
+            lines = lines[:eval_lines]
+        with open(os.path.join(folder, f"{split}.txt"), "wb") as g:
+            g.writelines(lines)
     return folder
+
+
+def ours_eval_data(data, ref_folder, work):
+    """Our data-bin with the (shortened) valid.txt of ``ref_folder``, binarized with the full dictionary."""
+    dest = os.path.join(work, "ours-eval-bin")
+    subprocess.run([os.path.join(os.path.dirname(sys.executable), "fairseq-preprocess"), "--only-source",
+                    "--srcdict", os.path.join(data, "dict.txt"), "--validpref", os.path.join(ref_folder, "valid.txt"),
+                    "--destdir", dest, "--workers", "1"], check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
+    return dest
 
 
 def main():
@@ -148,6 +159,8 @@ def main():
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--variants", default="fp32,cpu-bf16", help="ours: comma-separated fp32 / cpu-bf16")
     parser.add_argument("--eval", action="store_true", help="also time evaluation at batch 10")
+    parser.add_argument("--eval-lines", type=int, default=0,
+                        help="evaluate on the first N lines of PTB valid only (both sides; 0 = all 3,370)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--child", choices=["ours-train", "ours-eval"], help=argparse.SUPPRESS)
     parser.add_argument("--save", help=argparse.SUPPRESS)
@@ -170,7 +183,8 @@ def main():
         args.data = os.path.join(work, "ptb-bin")
         subprocess.run([sys.executable, os.path.join(REPO, "preprocess", "prepare_ptb.py"), "--from", args.raw,
                         "--out", args.data], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    ref_data = reference_data(args.raw, os.path.join(work, "ref-ptb"))
+    ref_data = reference_data(args.raw, os.path.join(work, "ref-ptb"), args.eval_lines)
+    eval_bin = ours_eval_data(args.data, ref_data, work) if args.eval_lines else args.data
     env = env_for(args.threads)
     me = [sys.executable, os.path.abspath(__file__), "--data", args.data, "--threads", str(args.threads),
           "--batches", str(args.batches)]
@@ -205,7 +219,8 @@ def main():
         for r in range(args.rounds):
             for k, v in enumerate(variants):
                 flags = ["--cpu-bf16"] if v == "cpu-bf16" else []
-                ours_cmd = me + ["--child", "ours-eval", "--save", ckpt + v, "--"] + flags
+                ours_cmd = [sys.executable, os.path.abspath(__file__), "--data", eval_bin, "--child", "ours-eval",
+                            "--save", ckpt + v, "--"] + flags
                 ref, ours, l0, l1 = run_pair(ref_eval, args.reference, ours_cmd, env, ours_first=(r + k) % 2 == 0)
                 a, b = parse_reference(ref), parse_ours(ours)
                 print(f"{r + 1:>5} {v:>9} {a['tok_s']:>9.0f} {b['tok_s']:>10.0f} {b['tok_s'] / a['tok_s']:>6.2f} "

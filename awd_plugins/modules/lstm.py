@@ -50,7 +50,8 @@ class _LstmRecurrence(torch.autograd.Function):
         hs = xg.new_empty(T, B, H)
         h, c = h0, c0
         for t in range(T):
-            gates = xg[t] + torch.mm(h.to(torch.bfloat16), w16.t()).float()
+            # bf16 product, added to the fp32 input gates by type promotion (no separate cast)
+            gates = torch.add(xg[t], torch.mm(h.to(torch.bfloat16), w16.t()))
             a = acts[t]
             torch.sigmoid(gates, out=a)
             torch.tanh(gates[:, 2 * H : 3 * H], out=a[:, 2 * H : 3 * H])
@@ -80,12 +81,12 @@ class _LstmRecurrence(torch.autograd.Function):
             torch.mul(dc * c_prev, f * (1 - f), out=df)
             torch.mul(dc * i, 1 - g * g, out=dg)
             torch.mul(dh * tc, o * (1 - o), out=do)
-            dh_rec = torch.mm(dgates[t].to(torch.bfloat16), w16).float()
+            dh_rec = torch.mm(dgates[t].to(torch.bfloat16), w16)  # bf16; promoted to fp32 where added
             dc = dc * f
         h_prev = torch.cat([h0.unsqueeze(0), hs[:-1]]).reshape(T * B, H)
         # ∂W_hh = Σ_t ∂G_tᵀ h_{t−1}: one GEMM over the window, in bf16 with fp32 output
         dw = torch.mm(dgates.reshape(T * B, -1).t().to(torch.bfloat16), h_prev.to(torch.bfloat16)).float()
-        return dgates, dw, dh_rec, dc
+        return dgates, dw, dh_rec.float(), dc
 
 
 class AutocastLSTM(nn.LSTM):
