@@ -54,7 +54,12 @@ def child_ours_train(args, extra):
 
     torch.set_num_threads(args.threads)
     trainer, itr, nparams = build_trainer(args.data, "awd_lstm_ptb", extra)
-    result = dict(time_updates(trainer, itr, args.batches), params=nparams)
+    if args.batches > 2:
+        result = dict(time_updates(trainer, itr, args.batches), params=nparams)
+    else:  # only a model to evaluate
+        for _ in range(args.batches):
+            trainer.train_step([next(itr)])
+        result = {}
     if args.save:
         trainer.consolidate_optimizer()
         trainer.save_checkpoint(args.save, {"train_iterator": {"epoch": 1}})
@@ -67,11 +72,17 @@ def child_ours_eval(args, extra):
     timing = {}
     inner = eval_lm_cli.eval_lm
 
+    def counted(batches):
+        for sample in batches:
+            timing["tokens"] = timing.get("tokens", 0) + sample["ntokens"]
+            yield sample
+
     def timed(*a, **k):
+        k["batch_iterator"] = counted(k["batch_iterator"])
         w0, c0 = time.perf_counter(), time.process_time()
         out = inner(*a, **k)
         timing["wall"], timing["cpu"] = time.perf_counter() - w0, time.process_time() - c0
-        timing["tokens"], timing["ppl"] = out["n_tokens"], 2 ** out["loss"]
+        timing["ppl"] = out["perplexity"]
         return out
 
     eval_lm_cli.eval_lm = timed
@@ -157,6 +168,8 @@ def main():
                         help="PTB text folder for the reference: {train,valid,test}.txt[.gz]")
     parser.add_argument("--batches", type=int, default=12, help="training batches per run (2 are warm-up)")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--train-rounds", type=int, help="rounds of the training comparison (default --rounds; "
+                        "0 = only the evaluation, from a model trained for one untimed batch)")
     parser.add_argument("--variants", default="fp32,cpu-bf16", help="ours: comma-separated fp32 / cpu-bf16")
     parser.add_argument("--eval", action="store_true", help="also time evaluation at batch 10")
     parser.add_argument("--eval-lines", type=int, default=0,
@@ -196,8 +209,14 @@ def main():
     header = (f"{'round':>5} {'ours':>9} {'ref tok/s':>9} {'ours tok/s':>10} {'ratio':>6} {'ref cpu-tok/s':>13} "
               f"{'ours cpu-tok/s':>14} {'cpu ratio':>9} {'ref RSS':>8} {'ours RSS':>8} {'load before/after':>17}")
     rows = {v: [] for v in variants}
+    train_rounds = args.rounds if args.train_rounds is None else args.train_rounds
+    if args.eval and train_rounds == 0:
+        for v in variants:
+            subprocess.run(me[:-2] + ["--batches", "1", "--child", "ours-train", "--save", ckpt + v, "--"]
+                           + (["--cpu-bf16"] if v == "cpu-bf16" else []), env=env, check=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     print("\ntraining (tokens/s: whole run after warm-up; RSS in MiB)\n" + header, flush=True)
-    for r in range(args.rounds):
+    for r in range(train_rounds):
         for k, v in enumerate(variants):
             flags = ["--cpu-bf16"] if v == "cpu-bf16" else []
             save = ["--save", ckpt + v] if (args.eval and r == 0) else []
@@ -209,7 +228,7 @@ def main():
                   f"{a['cpu_tok_s']:>13.0f} {b['cpu_tok_s']:>14.0f} {b['cpu_tok_s'] / a['cpu_tok_s']:>9.2f} "
                   f"{a['rss_mib']:>8.0f} {b['rss_mib']:>8.0f} {l0:>8.2f}/{l1:<8.2f}", flush=True)
     print("\nmedian ratio ours / reference over rounds:")
-    for v in variants:
+    for v in variants if train_rounds else []:
         print(f"  {v:<9} wall {statistics.median(x for x, _ in rows[v]):.2f}   "
               f"cpu {statistics.median(y for _, y in rows[v]):.2f}")
     if args.eval:
