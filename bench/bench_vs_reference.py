@@ -74,7 +74,7 @@ def child_ours_eval(args, extra):
 
     def counted(batches):
         for sample in batches:
-            timing["tokens"] = timing.get("tokens", 0) + sample["ntokens"]
+            timing["tokens"] = timing.get("tokens", 0) + int(sample["ntokens"])
             yield sample
 
     def timed(*a, **k):
@@ -82,7 +82,7 @@ def child_ours_eval(args, extra):
         w0, c0 = time.perf_counter(), time.process_time()
         out = inner(*a, **k)
         timing["wall"], timing["cpu"] = time.perf_counter() - w0, time.process_time() - c0
-        timing["ppl"] = out["perplexity"]
+        timing["ppl"] = float(out["perplexity"])
         return out
 
     eval_lm_cli.eval_lm = timed
