@@ -21,6 +21,7 @@ from torch import nn
 from awd_plugins.errors import AwdUserError, check_range
 from awd_plugins.models.recurrent_lm import RecurrentDecoder, RecurrentLanguageModel
 from awd_plugins.modules import EmbeddingDropout, LockedDropout, SplitSoftmax, WeightDrop
+from awd_plugins.modules.lstm import AutocastLSTM
 from awd_plugins.modules.mixture_of_softmaxes import MixtureOfSoftmaxes
 from awd_plugins.modules.split_softmax import parse_splits
 
@@ -169,7 +170,8 @@ class AwdDecoder(RecurrentDecoder):
 
 class AwdLstmDecoder(AwdDecoder):
     def make_layer(self, index, input_size, hidden_size, cfg):
-        return WeightDrop(nn.LSTM(input_size, hidden_size), ["weight_hh_l0"], cfg.wdrop)
+        # nn.LSTM itself, plus a bf16 path for --cpu-bf16 (modules/lstm.py)
+        return WeightDrop(AutocastLSTM(input_size, hidden_size), ["weight_hh_l0"], cfg.wdrop)
 
     def run_layer(self, rnn, x, state):
         return rnn(x, tuple(state))

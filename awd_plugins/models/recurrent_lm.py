@@ -31,6 +31,7 @@ import torch
 from fairseq.models import FairseqIncrementalDecoder, FairseqLanguageModel
 from torch import nn
 
+from awd_plugins.autocast import cpu_bf16
 from awd_plugins.errors import AwdUserError
 from awd_plugins.modules.cache_pointer import ContinuousCachePointer
 from awd_plugins.modules.split_softmax import SplitSoftmax
@@ -64,6 +65,7 @@ class RecurrentDecoder(FairseqIncrementalDecoder):
     def __init__(self, dictionary):
         super().__init__(dictionary)
         self._carried: Dict[str, _Carry] = {}
+        self.cpu_bf16 = False  # --cpu-bf16 (awd_plugins/autocast.py): matmuls in bf16 on the CPU
 
     # -- to implement -------------------------------------------------------------
     def init_state(self, bsz: int, like: torch.Tensor) -> Any:
@@ -123,7 +125,10 @@ class RecurrentDecoder(FairseqIncrementalDecoder):
         if state is None:
             state = self.init_state(tokens.size(0), self.embed_tokens.weight)
 
-        raw, dropped, new_state = self.run(tokens.t(), state)
+        with cpu_bf16(self.cpu_bf16):
+            raw, dropped, new_state = self.run(tokens.t(), state)
+        if self.cpu_bf16:  # AR/TAR and the cache pointer see fp32 outputs
+            raw, dropped = raw.float(), dropped.float()
 
         if incremental_state is not None:
             self._set_cached(incremental_state, new_state)
@@ -141,14 +146,16 @@ class RecurrentDecoder(FairseqIncrementalDecoder):
 
     def output_layer(self, features: torch.Tensor) -> torch.Tensor:
         """Logits; with a split softmax these are already log-probabilities."""
-        if self.split_softmax.nclusters == 1:
-            return self.output_projection(features)
-        return self.split_softmax.log_prob(features, self.output_projection.weight, self.output_projection.bias)
+        with cpu_bf16(self.cpu_bf16):
+            if self.split_softmax.nclusters == 1:
+                return self.output_projection(features)
+            return self.split_softmax.log_prob(features, self.output_projection.weight, self.output_projection.bias)
 
     def nll(self, features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """−log p(target) per position, through the split softmax (fp32)."""
         flat = features.reshape(-1, features.size(-1))
-        return self.split_softmax.nll(flat, targets.reshape(-1), self.output_projection.weight, self.output_projection.bias)
+        with cpu_bf16(self.cpu_bf16):
+            return self.split_softmax.nll(flat, targets.reshape(-1), self.output_projection.weight, self.output_projection.bias)
 
     # -- incremental decoding -----------------------------------------------------------
     def _get_cached(self, incremental_state):

@@ -41,6 +41,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from awd_plugins.autocast import cpu_bf16_autocast_active
 from awd_plugins.kernels import forget_mult_triton, use_triton
 
 from .weight_drop import WeightDrop
@@ -220,7 +221,10 @@ class QRNNLayer(nn.Module):
             else:
                 first = prev_x.reshape(1, B, self.input_size)
             x = torch.cat([x, torch.cat([first, x[:-1]])], dim=2)
-        gates = self.linear(x).chunk(3 if self.output_gate else 2, dim=2)
+        gates = self.linear(x)  # T×B×(gates·H): the layer's one GEMM over the whole window
+        if cpu_bf16_autocast_active(x):  # --cpu-bf16: that GEMM in bf16, gates and forget-mult in fp32
+            gates = gates.float()
+        gates = gates.chunk(3 if self.output_gate else 2, dim=2)
         z, f = torch.tanh(gates[0]), torch.sigmoid(gates[1])
         if self.zoneout > 0.0:
             if self.training:

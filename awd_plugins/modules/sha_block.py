@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from awd_plugins.modules.boom import Boom
+from awd_plugins.modules.lstm import AutocastLSTM
 from awd_plugins.modules.single_head_attention import SingleHeadAttention, causal_memory_mask
 from awd_plugins.modules.weight_drop import WeightDrop
 
@@ -44,7 +45,7 @@ class ShaBlock(nn.Module):
         self.lnout = nn.LayerNorm(dim, eps=LN_EPS)  # unused, kept for reference parity
         self.lnff = nn.LayerNorm(dim, eps=LN_EPS)
         self.lnxff = nn.LayerNorm(dim, eps=LN_EPS)
-        lstm = nn.LSTM(dim, dim)
+        lstm = AutocastLSTM(dim, dim)  # nn.LSTM, with a bf16 path for --cpu-bf16
         # DropConnect only when asked, so the default state dict keeps the reference's key names
         self.rnn = WeightDrop(lstm, ["weight_hh_l0"], wdrop) if wdrop > 0 else lstm
         self.drop = nn.Dropout(dropout)

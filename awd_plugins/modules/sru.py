@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from awd_plugins.autocast import cpu_bf16_autocast_active
 from awd_plugins.kernels import sru_recurrence_reference, sru_recurrence_triton, use_triton
 
 # -- the sequential parts --------------------------------------------------------------
@@ -232,6 +233,8 @@ class SRULayer(nn.Module):
             # drawn before the transform's dropouts, in the reference's order (same seed, same masks)
             mask = dropout_mask(x, (x.size(1), self.hidden_size), self.dropout)
         U = self.compute_u(x, **kwargs)
+        if cpu_bf16_autocast_active(x):  # --cpu-bf16: the transform in bf16, the recurrence in fp32
+            U = U.float()
         if self.num_matrices == 4:
             xs = U[..., 3, :]
         else:

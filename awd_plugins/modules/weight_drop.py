@@ -15,9 +15,12 @@ module's own key names.
 
 from typing import Sequence
 
+import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
+
+from awd_plugins.autocast import cpu_bf16_autocast_active
 
 
 class WeightDrop(nn.Module):
@@ -37,8 +40,17 @@ class WeightDrop(nn.Module):
     def forward(self, *args, **kwargs):
         if not self.training or self.p == 0.0:
             return self.module(*args, **kwargs)
-        masked = {name: F.dropout(getattr(self.module, name), self.p, training=True) for name in self.weights}
+        masked = {name: self._drop(getattr(self.module, name)) for name in self.weights}
         return functional_call(self.module, masked, args, kwargs)
+
+    def _drop(self, weight):
+        if cpu_bf16_autocast_active(weight):
+            # --cpu-bf16 (speed mode): the same Bernoulli(1-p)/(1-p) mask from torch.rand, about 5x
+            # cheaper than F.dropout's bernoulli_ on this CPU (a 4650x1550 weight: 18 vs 97 ms), but
+            # not the reference's random stream; fp32 runs keep F.dropout's exact masks.
+            keep = torch.rand_like(weight) >= self.p
+            return weight.mul(keep).mul_(1.0 / (1.0 - self.p))
+        return F.dropout(weight, self.p, training=True)
 
     def extra_repr(self) -> str:
         return f"weights={self.weights}, p={self.p}"

@@ -52,6 +52,7 @@ from awd_plugins.data.stream_dataset import (
     window_columns,
 )
 from awd_plugins import dynamic_eval
+from awd_plugins.autocast import enable_cpu_bf16
 from awd_plugins.errors import AwdUserError
 from awd_plugins.models.remap_embeddings import remap_for_finetuning
 from awd_plugins.optim import nt_asgd
@@ -126,6 +127,16 @@ class AwdLanguageModelingConfig(FairseqDataclass):
     )
     finetune_from_model: Optional[str] = II("checkpoint.finetune_from_model")
     save_dir: str = II("checkpoint.save_dir")
+    cpu_bf16: bool = field(
+        default=False,
+        metadata={
+            "help": "bf16 mixed precision on the CPU (autocast): matmuls in bf16; weights, optimizer, softmax, "
+            "losses and the pointer in fp32 (fairseq's --bf16 means TPU on a CPU, --amp is CUDA-only)"
+        },
+    )
+    fp16: bool = II("common.fp16")
+    bf16: bool = II("common.bf16")
+    cpu: bool = II("common.cpu")
     seed: int = II("common.seed")
     train_subset: str = II("dataset.train_subset")
     save_interval_updates: int = II("checkpoint.save_interval_updates")
@@ -290,6 +301,9 @@ class AwdLanguageModelingTask(FairseqTask):
         self._model = model if self._model is None else False
         if getattr(self.cfg, "remap_embeddings", None) and not from_checkpoint:  # training only, not a reload of the finetuned model
             model.remap_embeddings = remap_for_finetuning(self.cfg, self.dictionary)
+        if getattr(self.cfg, "cpu_bf16", False):  # absent from older checkpoints' task configs
+            enable_cpu_bf16(model, self.cfg.fp16, self.cfg.bf16, on_gpu=torch.cuda.is_available() and not self.cfg.cpu)
+            logger.info("--cpu-bf16: bf16 autocast on the CPU (fp32 weights, optimizer, softmax, losses)")
         if self.cfg.pointer_window > 0:
             if not hasattr(model, "set_pointer"):
                 raise AwdUserError(
