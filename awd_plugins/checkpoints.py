@@ -161,11 +161,15 @@ def _unreadable_reason(path, exc) -> str:
         return "empty file (0 bytes), not a checkpoint (was its writing interrupted?)"
     text = str(exc).strip().splitlines()
     first = next((line for line in text if line.strip()), type(exc).__name__)
-    if "weights only load failed" in str(exc).lower() or "unsupported global" in str(exc).lower():
-        match = re.search(r"GLOBAL ([\w.]+)", str(exc))
-        what = f" ({match.group(1)})" if match else ""
+    # torch's weights_only loader says "Weights only load failed" for any bad file; only an
+    # "Unsupported global" is a pickle that wants to run code
+    match = re.search(r"Unsupported global: GLOBAL ([\w.]+)|Unsupported global", str(exc))
+    if match:
+        what = f" ({match.group(1)})" if match.group(1) else ""
         return (f"refused: it needs to run pickled code{what} to load, which a checkpoint never needs "
                 f"(torch weights_only loading)")
+    if "weights only load failed" in first.lower():  # torch's advice on weights_only, not the cause
+        return f"not a readable checkpoint ({size:,} bytes; truncated, or not a torch file)"
     return f"not a readable checkpoint ({size:,} bytes; truncated, or not a torch file: {type(exc).__name__}: {first[:120]})"
 
 
@@ -272,7 +276,9 @@ def make_path_manager(base):
 
 # -- resuming ---------------------------------------------------------------------------
 # options that a resume of the same experiment may change (train longer, save differently)
-_RESUME_MAY_CHANGE = {"task.save_interval_updates", "task.max_update", "task.data"}
+# mirrors of options that may change between a run and its resume (the task copies them with II(...))
+_RESUME_MAY_CHANGE = {"task.save_interval_updates", "task.max_update", "task.data", "task.save_dir",
+                      "task.finetune_from_model", "task.cpu"}
 _COMPARED = ("model", "task", "criterion", "optimizer", "lr_scheduler")
 _COMPARED_KEYS = ("optimization.lr", "optimization.clip_norm", "optimization.update_freq", "dataset.batch_size",
                   "common.seed")

@@ -191,5 +191,5 @@ def test_awd_export_bad_checkpoint_is_one_error_line(small_bin, tmp_path):
     bad.write_bytes(b"not a checkpoint")
     proc = export_cli("--path", bad, "--data", small_bin, "--out", tmp_path / "m.pt")
     assert proc.returncode == 2 and "Traceback" not in proc.stdout, proc.stdout[-2000:]
-    assert [line for line in proc.stdout.splitlines() if ": error: " in line][0].count("cannot load") == 1
+    assert [line for line in proc.stdout.splitlines() if ": error: " in line][0].count("not a readable checkpoint") == 1
     assert not (tmp_path / "m.pt").exists() and not (tmp_path / "m.json").exists()

@@ -355,9 +355,10 @@ def test_fairseq_train_triton_equals_torch(arch, small_bin, run_cli, tmp_path):
         assert "Traceback" not in out.stdout
 
 
-def test_sru_layer_under_bf16_autocast_mixed_dtypes():
-    # autocast: U comes out of the transform in bf16 while x, c0, v, b and the mask stay fp32; the
-    # kernels read each in its own dtype and give every gradient in its input's dtype
+def test_sru_layer_under_cpu_bf16_autocast():
+    # CPU bf16 autocast (--cpu-bf16): the transform's GEMM runs in bf16, its output U is cast back to
+    # fp32 (awd_plugins.autocast), so the recurrence, h and c are fp32 in both implementations and every
+    # gradient comes back in its input's dtype (bf16 inputs to the kernels: test_sru_kernel_low_precision above)
     torch.manual_seed(0)
     layer = SRULayer(6, 6, dropout=0.2)
     x, c0 = torch.randn(5, 3, 6, requires_grad=True), torch.randn(3, 6, requires_grad=True)
@@ -367,7 +368,7 @@ def test_sru_layer_under_bf16_autocast_mixed_dtypes():
         torch.manual_seed(1)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             h, c = layer(x, c0)
-        assert h.dtype == c.dtype == torch.bfloat16
+        assert h.dtype == c.dtype == torch.float32
         grads_ = torch.autograd.grad(h.float().pow(2).sum() + c.float().sum(), [x, c0, layer.weight_c, layer.bias])
         assert [g.dtype for g in grads_] == [torch.float32] * 4
         outs[impl] = (h.float(), c.float(), *grads_)
@@ -377,7 +378,8 @@ def test_sru_layer_under_bf16_autocast_mixed_dtypes():
 
 
 def test_qrnn_layer_under_bf16_autocast():
-    # bf16 gates with an fp32 carried state: both implementations run and agree within bf16 rounding
+    # CPU bf16 autocast (--cpu-bf16): the gates' GEMM in bf16, cast back to fp32 for the forget-mult, so
+    # both implementations run in fp32 and agree within the GEMM's bf16 rounding
     torch.manual_seed(0)
     layer = QRNNLayer(4, 5, window=2)
     x, c0 = torch.randn(6, 2, 4, requires_grad=True), torch.randn(1, 2, 5, requires_grad=True)
@@ -386,7 +388,7 @@ def test_qrnn_layer_under_bf16_autocast():
         layer.recurrence_impl = impl
         with torch.autocast("cpu", dtype=torch.bfloat16):
             h, c = layer(x, c0)
-        assert h.dtype == torch.bfloat16
+        assert h.dtype == torch.float32
         outs[impl] = (h.float(), c.float(), *torch.autograd.grad(h.float().pow(2).sum(), [x, c0]))
     for a, b in zip(outs["torch"], outs["triton"]):
         torch.testing.assert_close(a, b, atol=3e-2, rtol=3e-2)

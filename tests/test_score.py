@@ -97,5 +97,5 @@ def test_cli_stdin_tsv_per_token_and_errors(checkpoint, small_bin, tmp_path):
     assert keep.read_text() == "mine\n" and sorted(os.listdir(tmp_path)) == ["bad.txt", "keep.tsv"]
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"not a checkpoint")
-    with pytest.raises(AwdUserError, match="cannot load checkpoint"):
+    with pytest.raises(AwdUserError, match="garbage.pt: not a readable checkpoint"):
         score.load_model(str(garbage), small_bin)
