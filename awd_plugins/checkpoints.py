@@ -35,8 +35,8 @@ writes them in ``checkpoint_utils.save_checkpoint``. :func:`install` (called by
 import logging
 import os
 import re
-import tempfile
 
+from awd_plugins.atomic import atomic_file
 from awd_plugins.errors import AwdUserError
 
 logger = logging.getLogger("awd_plugins.checkpoints")
@@ -242,22 +242,14 @@ def loads(path) -> bool:
 # -- writing ----------------------------------------------------------------------------
 def atomic_copy(src: str, dst: str) -> bool:
     """Copy ``src`` to ``dst`` so that ``dst`` is always either the old or the complete new file."""
-    folder = os.path.dirname(os.path.abspath(dst))
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(dst) + ".", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
-            while True:
-                chunk = inp.read(1 << 22)
-                if not chunk:
-                    break
-                out.write(chunk)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, dst)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_file(dst, "wb") as out, open(src, "rb") as inp:
+        while True:
+            chunk = inp.read(1 << 22)
+            if not chunk:
+                break
+            out.write(chunk)
+        out.flush()
+        os.fsync(out.fileno())  # on disk before it replaces the destination
     return True
 
 

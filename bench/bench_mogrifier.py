@@ -17,7 +17,6 @@ The minimum over ``--iters`` runs is reported (the cores are shared with other w
 """
 
 import argparse
-import time
 from types import SimpleNamespace
 
 import torch
@@ -27,6 +26,7 @@ from omegaconf import OmegaConf
 from awd_plugins.models import awd_lstm, mogrifier_lstm
 from awd_plugins.models.awd_lstm import AwdLstmConfig, AwdLstmModel
 from awd_plugins.models.mogrifier_lstm import MogrifierLstmConfig, MogrifierLstmModel
+from _timing import best_time
 
 
 def dictionary(n):
@@ -43,17 +43,6 @@ def build(model_cls, cfg_cls, arch, vocab, **overrides):
     for k, v in vars(ns).items():
         setattr(cfg, k, v)
     return model_cls.build_model(cfg, SimpleNamespace(target_dictionary=dictionary(vocab)))
-
-
-def best_time(fn, iters, warmup=1):
-    for _ in range(warmup):
-        fn()
-    best = float("inf")
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def throughput(model, batch, bptt, vocab, iters):

@@ -22,7 +22,6 @@ this measures the same comparison on the CPU.
 
 import argparse
 import os
-import time
 from types import SimpleNamespace
 
 import torch
@@ -31,6 +30,7 @@ from fairseq.data import Dictionary
 from awd_plugins.models.awd_lstm import AwdLstmConfig, AwdLstmDecoder
 from awd_plugins.models.awd_qrnn import AwdQrnnConfig, AwdQrnnDecoder
 from awd_plugins.modules.qrnn import forget_mult
+from _timing import best_time
 
 
 def naive_index(f, z, c0):
@@ -47,18 +47,6 @@ def naive_unbind(f, z, c0):
         c = ft * zt + (1 - ft) * c
         out.append(c)
     return torch.stack(out)
-
-
-def timed(fn, iters, warmup):
-    """Best of ``iters`` runs: the cores are shared, and the minimum is the least disturbed figure."""
-    for _ in range(warmup):
-        fn()
-    best = float("inf")
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def bench_forget_mult(T, B, H, iters, warmup):
@@ -87,7 +75,7 @@ def bench_forget_mult(T, B, H, iters, warmup):
         got = (c, f.grad, z.grad, c0.grad)
         ref = ref or got
         err = max((a - b).abs().max().item() for a, b in zip(got, ref))
-        rows.append((name, timed(step, 2 if fn is naive_index else iters, warmup) * 1e3, err))
+        rows.append((name, best_time(step, 2 if fn is naive_index else iters, warmup) * 1e3, err))
     print(f"\nforget-mult, T={T} B={B} H={H}, forward+backward")
     print(f"| {'implementation':38s} | {'ms':>8s} | {'max |Δ| vs naive':>16s} |")
     print(f"|{'-' * 40}|{'-' * 10}|{'-' * 18}|")
@@ -128,7 +116,7 @@ def bench_stacks(bsz, bptt, iters, warmup):
             r.step()
     for _ in range(iters):
         for r in res:
-            r.sec = min(r.sec, timed(r.step, 1, 0))
+            r.sec = min(r.sec, best_time(r.step, 1, 0))
     for r in res:
         r.tps = bsz * bptt / r.sec
     return res

@@ -64,3 +64,26 @@ def per_token_loop(model, stream):
         hidden.append(raw[0, 0])
         probs.append(lp.exp())
     return torch.stack(nll), torch.stack(hidden), torch.stack(probs)
+
+
+def assert_eval_lm_pointer_equals_loop(run_cli, data, ckpt, window=30, theta=0.5, lam=0.2, bptt=50):
+    """``fairseq-eval-lm`` with the cache pointer (batch 1, windows of ``bptt``) scores the test split as a
+    one-token-at-a-time loop with :func:`naive_pointer` does; returns the checkpoint's model, loaded.
+    """
+    import re
+
+    from fairseq import checkpoint_utils
+
+    out = run_cli("fairseq-eval-lm", data, "--task", "awd_language_modeling", "--path", ckpt, "--cpu",
+                  "--num-workers", "0", "--bptt", str(bptt), "--batch-size", "1", "--pointer-window", str(window),
+                  "--pointer-theta", str(theta), "--pointer-lambda", str(lam)).stdout
+    m = re.search(r"Loss \(base 2\): ([\d.]+), Perplexity: ([\d.]+)", out)
+    assert m, out[-3000:]
+    models, _, task = checkpoint_utils.load_model_ensemble_and_task([ckpt], arg_overrides={"data": data})
+    model = models[0].eval()
+    task.load_dataset("test")
+    stream = task.dataset("test").stream
+    _, hidden, probs = per_token_loop(model, stream)
+    ref = naive_pointer(probs, hidden, stream[1:], window, theta, lam, bptt)
+    assert abs(ref.double().mean().item() / math.log(2) - float(m.group(1))) < 2e-4
+    return model

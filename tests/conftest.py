@@ -9,6 +9,8 @@
 * ``rising_valid_bin``: a PTB (else bundled) slice whose validation loss rises, for NT-ASGD.
 * ``run_cli``: runs a fairseq command line with the plugin, returns its output,
   and fails the test with the output when it exits non-zero.
+* ``one_thread``: torch on one intra-op thread for the test (a module opts in with
+  ``pytestmark = pytest.mark.usefixtures("one_thread")``).
 """
 
 import gzip
@@ -30,6 +32,15 @@ torch.set_num_threads(2)
 def shared_path(*parts):
     path = os.path.join(SHARED, *parts)
     return path if os.path.exists(path) else None
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models gain nothing from a second intra-op thread, and lose a lot when the cores are busy."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture

@@ -25,12 +25,7 @@ V = 30
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # tiny sequential updates: a second thread only waits on a loaded machine
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def tiny_model(seed=0, **cfg):

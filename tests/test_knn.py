@@ -16,7 +16,9 @@ import awd_plugins  # noqa: E402,F401
 from awd_plugins.errors import AwdUserError  # noqa: E402
 from awd_plugins.knn import KnnDatastore, build_datastore  # noqa: E402
 from _helpers import naive_pointer, per_token_loop  # noqa: E402
-from test_dynamic_eval import ONE_THREAD, V, checkpoint, one_thread, ours, tiny_model  # noqa: E402,F401
+from test_dynamic_eval import ONE_THREAD, V, checkpoint, ours, tiny_model  # noqa: E402,F401
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def datastore(tmp_path, model, train, bsz=3, kind="flat", fp16=False, nlist=0, name="ds"):

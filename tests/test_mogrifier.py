@@ -3,7 +3,6 @@ equations matches forward and gradients, the authors' (deepmind/lamb) sizes, the
 interface (carried state, skip connections, sampling) and a fairseq train → eval-lm run."""
 
 import argparse
-import math
 import re
 from types import SimpleNamespace
 
@@ -16,7 +15,7 @@ from awd_plugins.models.mogrifier_lstm import (
     MogrifierLstmConfig, MogrifierLstmDecoder, MogrifierLstmModel, mogrifier_lstm_ptb, mogrifier_lstm_wt2,
 )
 from awd_plugins.modules.mogrifier import MogrifierLSTM
-from _helpers import dictionary_of_size, model_cfg, naive_pointer, per_token_loop
+from _helpers import assert_eval_lm_pointer_equals_loop, dictionary_of_size, model_cfg
 from test_rnn_lm import assert_low_temperature_is_greedy
 
 
@@ -230,8 +229,6 @@ def test_sampling_through_incremental_decoding():
 
 
 def test_fairseq_train_then_eval_lm_with_pointer(small_bin, run_cli, tmp_path):
-    from fairseq import checkpoint_utils
-
     run_cli(
         "fairseq-train", small_bin, "--task", "awd_language_modeling", "--arch", "mogrifier_lstm_ptb",
         "--emsize", "8", "--nhid", "8", "--mogrifier-rank", "3", "--criterion", "split_cross_entropy",
@@ -240,16 +237,5 @@ def test_fairseq_train_then_eval_lm_with_pointer(small_bin, run_cli, tmp_path):
         "--num-workers", "0", "--save-dir", tmp_path, "--no-epoch-checkpoints",
     )
     ckpt = str(tmp_path / "checkpoint_best.pt")
-    out = run_cli("fairseq-eval-lm", small_bin, "--task", "awd_language_modeling", "--path", ckpt, "--cpu",
-                  "--num-workers", "0", "--bptt", "50", "--batch-size", "1", "--pointer-window", "30",
-                  "--pointer-theta", "0.5", "--pointer-lambda", "0.2").stdout
-    m = re.search(r"Loss \(base 2\): ([\d.]+), Perplexity: ([\d.]+)", out)
-    assert m, out[-3000:]
-    models, _, task = checkpoint_utils.load_model_ensemble_and_task([ckpt], arg_overrides={"data": small_bin})
-    model = models[0].eval()
+    model = assert_eval_lm_pointer_equals_loop(run_cli, small_bin, ckpt)
     assert isinstance(model, MogrifierLstmModel) and model.decoder.rnns[0].rounds == 5
-    task.load_dataset("test")
-    stream = task.dataset("test").stream
-    _, hidden, probs = per_token_loop(model, stream)
-    ref = naive_pointer(probs, hidden, stream[1:], 30, 0.5, 0.2, 50)
-    assert abs(ref.double().mean().item() / math.log(2) - float(m.group(1))) < 2e-4

@@ -8,7 +8,6 @@ seed 99: log-probabilities, main.py's loss and its gradients).
 """
 
 import argparse
-import math
 import os
 import re
 from types import SimpleNamespace
@@ -21,7 +20,7 @@ from awd_plugins.models.awd_lstm import (
     AwdLstmConfig, AwdLstmDecoder, AwdLstmModel, awd_lstm_mos_ptb, awd_lstm_mos_wt2,
 )
 from awd_plugins.models.awd_qrnn import AwdQrnnConfig, AwdQrnnDecoder
-from _helpers import dictionary_of_size, model_cfg, naive_pointer, per_token_loop
+from _helpers import assert_eval_lm_pointer_equals_loop, dictionary_of_size, model_cfg
 from test_rnn_lm import assert_low_temperature_is_greedy
 
 DATA = os.path.join(os.path.dirname(__file__), "data", "mos_tiny.pt")
@@ -189,8 +188,6 @@ def test_sampling_through_incremental_decoding():
 
 # -- end to end: train, finetune, eval-lm with the pointer ----------------------------------------
 def test_fairseq_train_finetune_eval_lm_with_pointer(small_bin, run_cli, tmp_path):
-    from fairseq import checkpoint_utils
-
     common = ["--task", "awd_language_modeling", "--arch", "awd_lstm_mos_ptb", "--emsize", "8", "--nhid", "12",
               "--nhidlast", "10", "--n-experts", "3", "--nlayers", "2", "--criterion", "split_cross_entropy",
               "--optimizer", "nt_asgd", "--lr-scheduler", "nt_asgd", "--lr", "20", "--clip-norm", "0.25",
@@ -205,19 +202,8 @@ def test_fairseq_train_finetune_eval_lm_with_pointer(small_bin, run_cli, tmp_pat
                   "--bptt-cap", "80").stdout
     assert "averaged" in log
     ckpt = str(finetune / "checkpoint_best.pt")
-    out = run_cli("fairseq-eval-lm", small_bin, "--task", "awd_language_modeling", "--path", ckpt, "--cpu",
-                  "--num-workers", "0", "--bptt", "50", "--batch-size", "1", "--pointer-window", "30",
-                  "--pointer-theta", "0.5", "--pointer-lambda", "0.2").stdout
-    m = re.search(r"Loss \(base 2\): ([\d.]+), Perplexity: ([\d.]+)", out)
-    assert m, out[-3000:]
-    models, _, task = checkpoint_utils.load_model_ensemble_and_task([ckpt], arg_overrides={"data": small_bin})
-    model = models[0].eval()
+    model = assert_eval_lm_pointer_equals_loop(run_cli, small_bin, ckpt)
     assert model.decoder.mixture_of_softmaxes.n_experts == 3 and model.decoder.sizes == [12, 10]
-    task.load_dataset("test")
-    stream = task.dataset("test").stream
-    _, hidden, probs = per_token_loop(model, stream)
-    ref = naive_pointer(probs, hidden, stream[1:], 30, 0.5, 0.2, 50)
-    assert abs(ref.double().mean().item() / math.log(2) - float(m.group(1))) < 2e-4
 
 
 def test_fairseqs_own_cross_entropy_criterion_sees_the_same_distribution():

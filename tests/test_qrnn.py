@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from _helpers import dictionary_of_size, model_cfg, naive_pointer, per_token_loop
+from _helpers import assert_eval_lm_pointer_equals_loop, dictionary_of_size, model_cfg
 from awd_plugins.models.awd_qrnn import (
     AwdQrnnConfig,
     AwdQrnnDecoder,
@@ -354,8 +354,6 @@ def test_published_parameter_counts_and_named_architectures():
 
 # -- end to end ------------------------------------------------------------------------------------
 def test_fairseq_train_then_eval_lm_with_pointer(small_bin, run_cli, tmp_path):
-    from fairseq import checkpoint_utils
-
     run_cli(
         "fairseq-train", small_bin, "--task", "awd_language_modeling", "--arch", "awd_qrnn", "--emsize", "12",
         "--nhid", "16", "--nlayers", "2", "--criterion", "split_cross_entropy", "--optimizer", "nt_asgd",
@@ -364,17 +362,6 @@ def test_fairseq_train_then_eval_lm_with_pointer(small_bin, run_cli, tmp_path):
         "--save-dir", tmp_path, "--no-epoch-checkpoints",
     )
     ckpt = str(tmp_path / "checkpoint_best.pt")
-    out = run_cli("fairseq-eval-lm", small_bin, "--task", "awd_language_modeling", "--path", ckpt, "--cpu",
-                  "--num-workers", "0", "--bptt", "50", "--batch-size", "1", "--pointer-window", "30",
-                  "--pointer-theta", "0.5", "--pointer-lambda", "0.2").stdout
-    m = re.search(r"Loss \(base 2\): ([\d.]+), Perplexity: ([\d.]+)", out)
-    assert m, out[-3000:]
     # fairseq-eval-lm (windows of 50, carried (c, prevX), pointer) equals a one-token-at-a-time loop
-    models, _, task = checkpoint_utils.load_model_ensemble_and_task([ckpt], arg_overrides={"data": small_bin})
-    model = models[0].eval()
+    model = assert_eval_lm_pointer_equals_loop(run_cli, small_bin, ckpt)
     assert isinstance(model, AwdQrnnModel) and model.decoder.rnns[0].window == 2
-    task.load_dataset("test")
-    stream = task.dataset("test").stream
-    _, hidden, probs = per_token_loop(model, stream)
-    ref = naive_pointer(probs, hidden, stream[1:], 30, 0.5, 0.2, 50)
-    assert abs(ref.double().mean().item() / math.log(2) - float(m.group(1))) < 2e-4

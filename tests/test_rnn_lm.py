@@ -36,13 +36,7 @@ GOLDEN_TYPES = ["RNN_TANH", "GRU", "LSTM"]
 QUIET_OPENMP = {"OMP_WAIT_POLICY": "PASSIVE"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from a second intra-op thread, and lose a lot when the cores are busy."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 # -- golden vectors ----------------------------------------------------------------------

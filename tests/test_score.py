@@ -13,7 +13,9 @@ import awd_plugins  # noqa: F401
 from awd_plugins.cli import score
 from awd_plugins.cli.dynamic_eval_search import evaluate
 from awd_plugins.errors import AwdUserError
-from test_dynamic_eval import ONE_THREAD, checkpoint, one_thread  # noqa: F401  (shared tiny checkpoint)
+from test_dynamic_eval import ONE_THREAD, checkpoint  # noqa: F401  (shared tiny checkpoint)
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def raw_test_lines(small_bin):

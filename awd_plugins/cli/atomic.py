@@ -9,20 +9,7 @@ import sys
 import tempfile
 from contextlib import contextmanager
 
-
-@contextmanager
-def atomic_file(path: str, mode: str = "w", encoding: str = "utf-8"):
-    """``with atomic_file(path) as f: ...`` writes ``path`` only if the block completes."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": encoding})) as f:
-            yield f
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+from awd_plugins.atomic import atomic_file  # noqa: F401  (here since the commands first used it)
 
 
 @contextmanager

@@ -18,12 +18,12 @@ The default grid is the authors' (dynamiceval.py ``--grid``, rms rule), scaled b
 import argparse
 import logging
 import math
-import sys
 import time
 from typing import List, Optional, Tuple
 
 import torch
 
+from awd_plugins.cli._common import parse_search_args, search_parser
 from awd_plugins.cli.pointer_search import floats
 
 logger = logging.getLogger("awd_plugins.cli.dynamic_eval_search")
@@ -68,9 +68,7 @@ def evaluate(model, task, split: str, evaluator=None, seg_len: Optional[int] = N
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="awd-dynamic-eval-search", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("data", help="the data-bin the model was trained on")
-    parser.add_argument("--path", required=True, help="checkpoint (e.g. checkpoints/checkpoint_best.pt)")
+    parser = search_parser("awd-dynamic-eval-search", __doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rule", choices=["sgd", "rms"], default="rms", help="update rule (default rms)")
     parser.add_argument("--lrs", type=floats, default=None, help="learning rates η to try (comma-separated)")
     parser.add_argument("--decays", type=floats, default=None, help="decays λ to try (comma-separated)")
@@ -84,12 +82,7 @@ def main(argv=None):
     parser.add_argument("--pointer-window", type=int, default=0, help="also mix the cache pointer (0 = off)")
     parser.add_argument("--pointer-theta", type=float, default=1.0)
     parser.add_argument("--pointer-lambda", type=float, default=0.1)
-    parser.add_argument("--valid-subset", default="valid")
-    parser.add_argument("--test-subset", default="test", help="'' to skip the test evaluation")
-    parser.add_argument("--cpu", action="store_true", help="stay on the CPU even when CUDA is available")
-    args = parser.parse_args(argv)
-    logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.INFO,
-                        stream=sys.stdout)
+    args = parse_search_args(parser, argv)
 
     import awd_plugins  # noqa: F401  (registers the task and models)
     from awd_plugins.dynamic_eval import DynamicEvaluator, check_options

@@ -17,10 +17,11 @@ import argparse
 import itertools
 import logging
 import math
-import sys
 from typing import List
 
 import torch
+
+from awd_plugins.cli._common import parse_search_args, search_parser
 
 logger = logging.getLogger("awd_plugins.cli.pointer_search")
 
@@ -77,19 +78,12 @@ def pointer_losses(states, window: int, theta: float, lambdas: List[float]) -> L
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="awd-pointer-search", description=__doc__.split("\n\n")[0])
-    parser.add_argument("data", help="the data-bin the model was trained on")
-    parser.add_argument("--path", required=True, help="checkpoint (e.g. checkpoints/checkpoint_best.pt)")
+    parser = search_parser("awd-pointer-search", __doc__.split("\n\n")[0])
     parser.add_argument("--bptt", type=positive_int, default=5000, help="evaluation window, as fairseq-eval-lm --bptt")
     parser.add_argument("--windows", type=ints, default=[100, 500, 1000, 2000, 3785], help="cache sizes to try")
     parser.add_argument("--thetas", type=floats, default=[0.3, 0.662, 1.0, 1.5], help="inverse temperatures θ")
     parser.add_argument("--lambdas", type=floats, default=[0.05, 0.1, 0.1279, 0.15, 0.2], help="mixing weights λ")
-    parser.add_argument("--valid-subset", default="valid")
-    parser.add_argument("--test-subset", default="test", help="'' to skip the test evaluation")
-    parser.add_argument("--cpu", action="store_true", help="stay on the CPU even when CUDA is available")
-    args = parser.parse_args(argv)
-    logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.INFO,
-                        stream=sys.stdout)
+    args = parse_search_args(parser, argv)
 
     import awd_plugins  # noqa: F401  (registers the task and models)
     from fairseq import checkpoint_utils

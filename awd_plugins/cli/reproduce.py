@@ -33,13 +33,13 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import zipfile
 from typing import Dict, List, Optional
 
 from awd_plugins.cli import pipelines
+from awd_plugins.cli.atomic import atomic_file
 from awd_plugins.cli.pipelines import Paths, Stage
 
 PROG = "awd-reproduce"
@@ -59,15 +59,8 @@ def slug(stage_name: str) -> str:
 
 def write_atomic(path: str, text: str):
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=os.path.dirname(path))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_file(path) as f:
+        f.write(text)
 
 
 def show(path: str) -> str:

@@ -1,0 +1,26 @@
+"""Atomic single-file writes: write beside the target, then ``os.replace``.
+
+A writer interrupted half-way (or failing) leaves no partial file and never touches
+an existing one; a reader sees the old file or the complete new one. Used by the
+commands (also importable as ``awd_plugins.cli.atomic.atomic_file``) and by the
+checkpoint copy of :mod:`awd_plugins.checkpoints`.
+"""
+
+import os
+import tempfile
+from contextlib import contextmanager
+
+
+@contextmanager
+def atomic_file(path: str, mode: str = "w", encoding: str = "utf-8"):
+    """``with atomic_file(path) as f: ...`` writes ``path`` only if the block completes."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": encoding})) as f:
+            yield f
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
