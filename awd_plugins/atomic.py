@@ -11,6 +11,12 @@ import tempfile
 from contextlib import contextmanager
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_file(path: str, mode: str = "w", encoding: str = "utf-8"):
     """``with atomic_file(path) as f: ...`` writes ``path`` only if the block completes."""
@@ -19,6 +25,7 @@ def atomic_file(path: str, mode: str = "w", encoding: str = "utf-8"):
     try:
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": encoding})) as f:
             yield f
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 → what open() would have given
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
