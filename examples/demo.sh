@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The README's main command (`make demo`): one pipeline of awd-reproduce on the CPU, a fixed amount of work
 # (the same figures on every machine, within a few percent): prepare the bundled WikiText-2 excerpt, train a
-# small AWD-LSTM for 4 epochs (NT-ASGD), evaluate the test split with carried state and with the cache
-# pointer, print the table, then sample text. Progress is shown live (one updating line on a terminal, a
-# line every 15 s otherwise). Everything goes to demo-work/ (override with DEMO_DIR=...); running it again
+# small AWD-LSTM for 4 epochs (NT-ASGD), evaluate the test split with carried state, with the cache pointer
+# and with dynamic evaluation, print the table, then sample text. Progress is shown live (one updating
+# line on a terminal, a line every 15 s otherwise). Everything goes to demo-work/ (override with DEMO_DIR=...); running it again
 # resumes after the last finished stage (delete the folder to start over).
 set -euo pipefail
 cd "$(dirname "$0")/.."

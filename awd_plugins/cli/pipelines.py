@@ -347,7 +347,11 @@ def word_lm_pipeline(name: str, p: Paths) -> Pipeline:
 # Expected figures of the demo (perplexity: best validation of the 4 epochs with 10 streams, test, test with
 # the pointer), measured with `awd-reproduce demo` on torch 2.13.0 CPU (notes/README-recipes.md); a run on
 # another machine should land within DEMO_TOLERANCE (relative) of them.
-DEMO_EXPECTED = {"train": 159.46, "eval test": 179.71, "eval test + pointer": 134.16}
+DEMO_EXPECTED = {"train": 159.46, "eval test": 179.71, "eval test + pointer": 134.16, "eval test + dynamic": 99.42}
+# dynamic evaluation (sgd; lr and decay from awd-dynamic-eval-search on the first 5,000 validation tokens of
+# the demo model: lr 0.1 / 0.3 / 1 / 2 / 4 gave 151.7 / 140.9 / 124.2 / 114.9 / 114.4 against 163.4 plain)
+DEMO_DYNAMIC_EVAL = ["--dynamic-eval", "sgd", "--dynamic-eval-lr", "2", "--dynamic-eval-decay", "0.002",
+                     "--dynamic-eval-bptt", "20"]
 DEMO_TOLERANCE = 0.03
 DEMO_EPOCHS = 4
 
@@ -373,7 +377,10 @@ def demo_pipeline(name: str, p: Paths) -> Pipeline:
               Stage("eval test + pointer", "eval", "fairseq-eval-lm",
                     [p.data, *COMMON_EVAL, "--path", ckpt, "--gen-subset", "test", "--batch-size", "1", "--bptt", "500",
                      "--pointer-window", "500", "--pointer-theta", "1.0", "--pointer-lambda", "0.1",
-                     "--cpu", "--num-workers", "0"], DEMO_EXPECTED["eval test + pointer"])]
+                     "--cpu", "--num-workers", "0"], DEMO_EXPECTED["eval test + pointer"]),
+              Stage("eval test + dynamic", "eval", "fairseq-eval-lm",
+                    [p.data, *COMMON_EVAL, "--path", ckpt, "--gen-subset", "test", "--batch-size", "1", "--bptt", "500",
+                     *DEMO_DYNAMIC_EVAL, "--cpu", "--num-workers", "0"], DEMO_EXPECTED["eval test + dynamic"])]
     return Pipeline(name, "Demo: small AWD-LSTM on the bundled WikiText-2 excerpt", "wt2", "ppl",
                     f"expected figures of the demo (within {DEMO_TOLERANCE:.0%})", 0, stages, fixed=True)
 
