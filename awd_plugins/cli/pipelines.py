@@ -145,42 +145,45 @@ def _eval(name, p: Paths, ckpt: str, split: str, flags: List[str], published, me
 
 # -- AWD-LSTM / AWD-QRNN (awd-lstm-lm README; dynamic evaluation: Krause et al. 2018) --------------------
 
+# the cache pointer's published settings (pointer.py commands of the awd-lstm-lm README)
+POINTER_PTB = ["--bptt", "5000", "--pointer-window", "500", "--pointer-theta", "1.0", "--pointer-lambda", "0.1"]
+POINTER_WT2 = ["--bptt", "2000", "--pointer-window", "3785", "--pointer-theta", "0.662", "--pointer-lambda", "0.1279"]
+
+
+def _rms_dynamic_eval(lr: str, decay: str, bptt: str):
+    return ["--dynamic-eval", "rms", "--dynamic-eval-lr", lr, "--dynamic-eval-decay", decay, "--dynamic-eval-bptt", bptt]
+
+
 AWD = {
     # name: arch, corpus, clip, batch, train (seed, epochs), finetune (seed, epochs), pointer flags, figures
     "awd-lstm-ptb": dict(
         arch="awd_lstm_ptb", corpus="ptb", clip="0.25", bsz="20", train=("141", "500"), finetune=("141", "500"),
-        pointer=["--bptt", "5000", "--pointer-window", "500", "--pointer-theta", "1.0", "--pointer-lambda", "0.1"],
+        pointer=POINTER_PTB,
         valid_bsz="1", fig=dict(train=61.2, finetune=58.8, valid=58.8, test=56.5, pvalid=53.2, ptest=52.5,
                                 dvalid=51.6, dtest=51.1),
-        dyn=["--dynamic-eval", "rms", "--dynamic-eval-lr", "5e-5", "--dynamic-eval-decay", "0.002",
-             "--dynamic-eval-bptt", "5"],
+        dyn=_rms_dynamic_eval("5e-5", "0.002", "5"),
         title="AWD-LSTM, PTB", source="awd-lstm-lm README (train/finetune/pointer); Krause et al. 2018 (dynamic eval)"),
     "awd-lstm-wt2": dict(
         arch="awd_lstm_wt2", corpus="wt2", clip="0.25", bsz="80", train=("1882", "750"), finetune=("1882", "750"),
-        pointer=["--bptt", "2000", "--pointer-window", "3785", "--pointer-theta", "0.662", "--pointer-lambda",
-                 "0.1279"],
+        pointer=POINTER_WT2,
         valid_bsz="1", fig=dict(train=68.7, finetune=67.4, valid=67.4, test=64.7, pvalid=52.2, ptest=50.6,
                                 dvalid=46.4, dtest=44.3),
         # the paper's WT2 hyper-parameters are given in the old scaling only; dynamiceval.py's defaults
-        dyn=["--dynamic-eval", "rms", "--dynamic-eval-lr", "5e-5", "--dynamic-eval-decay", "0.002",
-             "--dynamic-eval-bptt", "5"],
+        dyn=_rms_dynamic_eval("5e-5", "0.002", "5"),
         title="AWD-LSTM, WikiText-2", source="awd-lstm-lm README; Krause et al. 2018 (dynamic eval)"),
     "awd-qrnn-ptb": dict(
         arch="awd_qrnn_ptb", corpus="ptb", clip="0.2", bsz="20", train=("9001", "550"), finetune=("404", "300"),
-        pointer=["--bptt", "5000", "--pointer-window", "500", "--pointer-theta", "1.0", "--pointer-lambda", "0.1"],
+        pointer=POINTER_PTB,
         valid_bsz="10", fig=dict(train=60.6, finetune=59.1, valid=59.1, test=56.7, pvalid=53.4, ptest=52.6,
                                  dvalid=51.4, dtest=50.5),
-        dyn=["--dynamic-eval", "rms", "--dynamic-eval-lr", "1.2e-4", "--dynamic-eval-decay", "0.02",
-             "--dynamic-eval-bptt", "20"],
+        dyn=_rms_dynamic_eval("1.2e-4", "0.02", "20"),
         title="AWD-QRNN, PTB", source="awd-lstm-lm README; benkrause/dynamic-evaluation README (QRNN)"),
     "awd-qrnn-wt2": dict(
         arch="awd_qrnn_wt2", corpus="wt2", clip="0.25", bsz="40", train=("4002", "500"), finetune=("4002", "500"),
-        pointer=["--bptt", "2000", "--pointer-window", "3785", "--pointer-theta", "0.662", "--pointer-lambda",
-                 "0.1279"],
+        pointer=POINTER_WT2,
         valid_bsz="10", fig=dict(train=69.3, finetune=68.5, valid=68.5, test=65.9, pvalid=53.6, ptest=52.1,
                                  dvalid=45.9, dtest=44.0),
-        dyn=["--dynamic-eval", "rms", "--dynamic-eval-lr", "1.2e-4", "--dynamic-eval-decay", "0.008",
-             "--dynamic-eval-bptt", "20"],
+        dyn=_rms_dynamic_eval("1.2e-4", "0.008", "20"),
         title="AWD-QRNN, WikiText-2", source="awd-lstm-lm README; benkrause/dynamic-evaluation README (QRNN)"),
 }
 
