@@ -3,8 +3,9 @@
 (a) kernel parity on the GPU: the Triton forget-mult and SRU recurrence against their
     torch reference loops (awd_plugins.kernels), forward and gradients, fp32 and bf16;
 (b) ~50 updates of each published architecture at its published batch size and bptt
-    on synthetic data (fairseq-train, fp32 and --amp): tokens/s (last log interval,
-    after compilation), peak GPU memory, whether the loss went down;
+    on synthetic data (fairseq-train, fp32 and --amp; --gpu-bf16 for awd_lstm_ptb,
+    sha_rnn_enwik8 and srupp_enwik8_base): tokens/s (last log interval, after
+    compilation), peak GPU memory, whether the loss went down;
 (c) read from (b): AWD-QRNN vs the cuDNN AWD-LSTM (24.0M vs 24.2M parameters) and
     SRU++ with --recurrence-impl triton vs torch.
 
@@ -157,12 +158,16 @@ def train_one(argv):
     print(f"PEAK_GPU_GB {peak:.2f}", flush=True)
 
 
-def run_training(name, data, flags, updates, amp, cpu, timeout, extra=()):
+# the runs that also get --gpu-bf16 (--cpu-bf16 in the dry run): the cuDNN-LSTM, attention and SRU++ paths
+BF16_RUNS = ("awd_lstm_ptb", "sha_rnn_enwik8", "srupp_enwik8_base")
+PRECISION_FLAGS = {"fp32": [], "amp": ["--amp"], "bf16": ["--gpu-bf16"]}
+
+
+def run_training(name, data, flags, updates, precision, cpu, timeout, extra=()):
     argv = [data, "--user-dir", PLUGIN, "--task", "awd_language_modeling", *flags, *extra,
             "--max-update", str(updates), "--log-interval", str(max(1, min(10, updates // 3))), "--log-format", "json",
             "--disable-validation", "--no-save", "--num-workers", "0", "--seed", "1"]
-    if amp:
-        argv.append("--amp")
+    argv += ["--cpu-bf16"] if cpu and precision == "bf16" else PRECISION_FLAGS[precision]
     if cpu:
         argv.append("--cpu")
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
@@ -202,6 +207,7 @@ def main():
                    help="seconds for the whole check; training runs that would start later are skipped (default 330)")
     p.add_argument("--only", default="", help="comma-separated subset of: " + ",".join(RUNS))
     p.add_argument("--no-amp", action="store_true", help="skip the --amp runs")
+    p.add_argument("--no-bf16", action="store_true", help="skip the --gpu-bf16 runs")
     args = p.parse_args()
     if args.cpu:
         os.environ["TRITON_INTERPRET"] = "1"
@@ -223,18 +229,20 @@ def main():
         log("synthetic data")
         bins = synthetic_bins(root, 20_000 if args.cpu else 400_000)
         names = [n for n in RUNS if not args.only or n in args.only.split(",")]
-        plan = [(n, amp, ()) for n in names for amp in ((False,) if args.no_amp else (False, True))]
+        precisions = ["fp32"] + ([] if args.no_amp else ["amp"]) + ([] if args.no_bf16 else ["bf16"])
+        plan = [(n, p, ()) for n in names for p in precisions if p != "bf16" or n in BF16_RUNS]
         if "srupp_enwik8_base" in names:
-            plan.append(("srupp_enwik8_base", False, ("--recurrence-impl", "torch")))
-        for name, amp, extra in plan:
+            plan.append(("srupp_enwik8_base", "fp32", ("--recurrence-impl", "torch")))
+        for name, precision, extra in plan:
             corpus, flags, tiny = RUNS[name]
-            label = name + (" --amp" if amp else " fp32") + (" " + " ".join(extra) if extra else "")
+            label = name + {"fp32": " fp32", "amp": " --amp", "bf16": " --gpu-bf16"}[precision]
+            label += " " + " ".join(extra) if extra else ""
             if time.time() - start > args.budget - 20:
                 rows.append(("(b) " + label, "SKIP", f"time budget of {args.budget}s spent"))
                 continue
             log(f"(b) {label}")
             n = updates if not extra or args.cpu else max(10, updates // 5)  # the per-step loop is slow: fewer
-            res = run_training(label, bins[corpus], flags, n, amp, args.cpu, args.timeout,
+            res = run_training(label, bins[corpus], flags, n, precision, args.cpu, args.timeout,
                                extra=tuple(extra) + (tuple(tiny) if args.cpu else ()))
             rows.append(("(b) " + res[0], res[1], res[2] + f" [{res[3]:.0f}s]"))
     width = max(len(r[0]) for r in rows)

@@ -1,4 +1,4 @@
-"""--cpu-bf16: bf16 autocast on the CPU (awd_plugins/autocast.py, modules/lstm.py)."""
+"""--cpu-bf16 / --gpu-bf16: bf16 autocast on the CPU and on CUDA (awd_plugins/autocast.py, modules/lstm.py)."""
 
 import copy
 from itertools import islice
@@ -6,7 +6,8 @@ from itertools import islice
 import pytest
 import torch
 
-from awd_plugins.autocast import cpu_bf16, cpu_bf16_autocast_active
+from awd_plugins import autocast
+from awd_plugins.autocast import bf16_autocast, cpu_bf16_autocast_active
 from awd_plugins.modules.lstm import AutocastLSTM
 from awd_plugins.modules.qrnn import QRNNLayer
 
@@ -75,9 +76,9 @@ def test_autocast_lstm_is_nn_lstm_without_autocast():
     torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(ca, cb, atol=1e-6, rtol=1e-6)
     assert not cpu_bf16_autocast_active(x)
-    with cpu_bf16(False):
+    with bf16_autocast(None):
         assert not cpu_bf16_autocast_active(x)
-    with cpu_bf16(True):
+    with bf16_autocast("cpu"):
         assert cpu_bf16_autocast_active(x)
 
 
@@ -159,9 +160,9 @@ def test_every_architecture_trains_and_validates_with_cpu_bf16(ptb_slice_bin, ar
     from fairseq.trainer import Trainer
 
     cfg, task, model, criterion = build(ptb_slice_bin, arch, bf16=True)
-    assert model.decoder.cpu_bf16
+    assert model.decoder.bf16_autocast == "cpu"
     fp32 = copy.deepcopy(model)
-    fp32.decoder.cpu_bf16 = False
+    fp32.decoder.bf16_autocast = None
     sample = next(task.get_batch_iterator(task.dataset("valid")).next_epoch_itr(shuffle=False))
     model.eval(), fp32.eval()
     with torch.no_grad():
@@ -206,5 +207,77 @@ def test_cli_train_and_eval_lm_with_cpu_bf16_and_errors(ptb_slice_bin, run_cli, 
                   expect_fail=True)
     assert bad.returncode == 2
     errors = [line for line in bad.stdout.splitlines() if "error:" in line]
-    assert errors and "--cpu-bf16 replaces --fp16/--bf16" in errors[-1]
+    assert errors and "--cpu-bf16 replaces --fp16/--bf16/--amp" in errors[-1]
     assert "Traceback" not in bad.stdout
+
+
+# -- --gpu-bf16 (no GPU here: the switch's wiring and its user errors) ----------------------------------------
+class RecordingAutocast:
+    """Stands in for torch.autocast: records each (device, dtype) the decoder enters."""
+
+    entered = []
+
+    def __init__(self, device_type, dtype=None, enabled=True):
+        self.key = (device_type, dtype, enabled)
+
+    def __enter__(self):
+        RecordingAutocast.entered.append(self.key)
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_gpu_bf16_runs_forward_output_layer_and_nll_under_cuda_bf16_autocast(ptb_slice_bin, monkeypatch):
+    cfg, task, model, criterion = build(ptb_slice_bin, "awd_lstm", bf16=False)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    autocast.enable_bf16_autocast(model, "cuda", on_gpu=True)
+    assert model.decoder.bf16_autocast == "cuda"
+    sample = next(task.get_batch_iterator(task.dataset("valid")).next_epoch_itr(shuffle=False))
+    RecordingAutocast.entered = []
+    monkeypatch.setattr(autocast.torch, "autocast", RecordingAutocast)
+    model.eval()
+    with torch.no_grad():
+        criterion(model, sample)  # the split criterion: decoder forward, then nll through the split softmax
+        model.decoder.output_layer(torch.zeros(1, 1, model.decoder.embed_tokens.embedding_dim))
+    assert RecordingAutocast.entered == [("cuda", torch.bfloat16, True)] * 3
+
+
+def test_library_rnns_run_in_fp32_under_bf16_autocast():
+    # oneDNN's bf16 RNN is slower than fp32 (Zen 4) or missing (CPUs without native bf16); cuDNN's is fp16
+    torch.manual_seed(0)
+    gru, x, h = torch.nn.GRU(5, 4, 2), torch.randn(3, 2, 5), torch.randn(2, 2, 4)
+    ref = gru(x, h)
+    with BF16():
+        got = autocast.fused_rnn_outside_bf16(gru, x.bfloat16(), h)
+    assert got[0].dtype == torch.float32
+    torch.testing.assert_close(got[0], gru(x.bfloat16().float(), h)[0], atol=0, rtol=0)
+    assert torch.equal(autocast.fused_rnn_outside_bf16(gru, x, h)[0], ref[0])  # no autocast: the plain call
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(on_gpu=False), "--gpu-bf16 needs a CUDA GPU"),
+    (dict(on_gpu=True, amp=True), "--gpu-bf16 replaces --fp16/--bf16/--amp"),
+    (dict(on_gpu=True, fp16=True), "--gpu-bf16 replaces --fp16/--bf16/--amp"),
+    (dict(on_gpu=True, supported=False), "has no native bf16"),
+])
+def test_gpu_bf16_user_errors(kwargs, message, monkeypatch):
+    from awd_plugins.errors import AwdUserError
+
+    supported = kwargs.pop("supported", True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: supported)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: "Tesla V100")
+    model = torch.nn.Module()
+    model.decoder = torch.nn.Module()
+    model.decoder.bf16_autocast = None
+    with pytest.raises(AwdUserError, match=message):
+        autocast.enable_bf16_autocast(model, "cuda", **kwargs)
+    assert model.decoder.bf16_autocast is None
+
+
+def test_gpu_bf16_on_a_cpu_run_is_one_error_line(ptb_slice_bin, run_cli):
+    bad = run_cli("fairseq-train", ptb_slice_bin, "--task", "awd_language_modeling", "--arch", "awd_lstm",
+                  "--emsize", "16", "--nhid", "16", "--nlayers", "2", "--batch-size", "8", "--cpu",
+                  "--gpu-bf16", "--max-update", "1", "--no-save", expect_fail=True)
+    assert bad.returncode == 2 and "Traceback" not in bad.stdout
+    errors = [line for line in bad.stdout.splitlines() if "error:" in line]
+    assert errors and "--gpu-bf16 needs a CUDA GPU" in errors[-1]

@@ -31,7 +31,7 @@ import torch
 from fairseq.models import FairseqIncrementalDecoder, FairseqLanguageModel
 from torch import nn
 
-from awd_plugins.autocast import cpu_bf16
+from awd_plugins.autocast import bf16_autocast
 from awd_plugins.errors import AwdUserError
 from awd_plugins.modules.cache_pointer import ContinuousCachePointer
 from awd_plugins.modules.split_softmax import SplitSoftmax
@@ -65,7 +65,8 @@ class RecurrentDecoder(FairseqIncrementalDecoder):
     def __init__(self, dictionary):
         super().__init__(dictionary)
         self._carried: Dict[str, _Carry] = {}
-        self.cpu_bf16 = False  # --cpu-bf16 (awd_plugins/autocast.py): matmuls in bf16 on the CPU
+        # --cpu-bf16 / --gpu-bf16 (awd_plugins/autocast.py): "cpu" / "cuda" runs the matmuls in bf16 there
+        self.bf16_autocast: Optional[str] = None
 
     # -- to implement -------------------------------------------------------------
     def init_state(self, bsz: int, like: torch.Tensor) -> Any:
@@ -125,9 +126,9 @@ class RecurrentDecoder(FairseqIncrementalDecoder):
         if state is None:
             state = self.init_state(tokens.size(0), self.embed_tokens.weight)
 
-        with cpu_bf16(self.cpu_bf16):
+        with bf16_autocast(self.bf16_autocast):
             raw, dropped, new_state = self.run(tokens.t(), state)
-        if self.cpu_bf16:  # AR/TAR and the cache pointer see fp32 outputs
+        if self.bf16_autocast:  # AR/TAR and the cache pointer see fp32 outputs
             raw, dropped = raw.float(), dropped.float()
 
         if incremental_state is not None:
@@ -146,7 +147,7 @@ class RecurrentDecoder(FairseqIncrementalDecoder):
 
     def output_layer(self, features: torch.Tensor) -> torch.Tensor:
         """Logits; with a split softmax these are already log-probabilities."""
-        with cpu_bf16(self.cpu_bf16):
+        with bf16_autocast(self.bf16_autocast):
             if self.split_softmax.nclusters == 1:
                 return self.output_projection(features)
             return self.split_softmax.log_prob(features, self.output_projection.weight, self.output_projection.bias)
@@ -154,7 +155,7 @@ class RecurrentDecoder(FairseqIncrementalDecoder):
     def nll(self, features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """−log p(target) per position, through the split softmax (fp32)."""
         flat = features.reshape(-1, features.size(-1))
-        with cpu_bf16(self.cpu_bf16):
+        with bf16_autocast(self.bf16_autocast):
             return self.split_softmax.nll(flat, targets.reshape(-1), self.output_projection.weight, self.output_projection.bias)
 
     # -- incremental decoding -----------------------------------------------------------

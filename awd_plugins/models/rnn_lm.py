@@ -33,6 +33,7 @@ from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.models import register_model, register_model_architecture
 from torch import nn
 
+from awd_plugins.autocast import fused_rnn_outside_bf16
 from awd_plugins.errors import AwdUserError
 from awd_plugins.models.awd_lstm import check_dropouts, check_sizes
 from awd_plugins.models.recurrent_lm import RecurrentDecoder, RecurrentLanguageModel
@@ -121,7 +122,8 @@ class RnnLmDecoder(RecurrentDecoder):
 
     def run(self, tokens, state):
         x = self.drop(self.embed_tokens(tokens))
-        raw, new_state = self.rnn(x, tuple(state) if self.rnn_type == "LSTM" else state)
+        # under --cpu-bf16/--gpu-bf16 the library RNN runs in fp32 (awd_plugins/autocast.py says why)
+        raw, new_state = fused_rnn_outside_bf16(self.rnn, x, tuple(state) if self.rnn_type == "LSTM" else state)
         return raw, self.drop(raw), new_state
 
 

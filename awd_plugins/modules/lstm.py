@@ -22,14 +22,15 @@ everything else and, only when CPU bf16 autocast is on, computes
 
 The parameters, their names and the state dict are those of ``nn.LSTM``, so
 :class:`~awd_plugins.modules.WeightDrop` (which substitutes ``weight_hh_l0``) and
-checkpoints work unchanged, and fp32 runs are bit-identical to ``nn.LSTM``.
+checkpoints work unchanged, and fp32 runs are bit-identical to ``nn.LSTM``. On CUDA it is
+``nn.LSTM`` (cuDNN), run in fp32 under ``--gpu-bf16`` (:func:`~awd_plugins.autocast.fused_rnn_outside_bf16`).
 """
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from awd_plugins.autocast import cpu_bf16_autocast_active
+from awd_plugins.autocast import cpu_bf16_autocast_active, fused_rnn_outside_bf16
 
 
 class _LstmRecurrence(torch.autograd.Function):
@@ -96,6 +97,8 @@ class AutocastLSTM(nn.LSTM):
         super().__init__(input_size, hidden_size)
 
     def forward(self, x, hx=None):
+        if x.is_cuda:  # cuDNN; in fp32 under --gpu-bf16 (awd_plugins/autocast.py says why)
+            return fused_rnn_outside_bf16(super().forward, x, hx)
         if not (cpu_bf16_autocast_active(x) and x.dim() == 3):
             if x.device.type == "cpu" and not torch.is_grad_enabled() and not torch.is_inference_mode_enabled():
                 # Evaluation: oneDNN's inference LSTM kernel measured ~1.6x slower than its training

@@ -52,7 +52,7 @@ from awd_plugins.data.stream_dataset import (
     window_columns,
 )
 from awd_plugins import dynamic_eval
-from awd_plugins.autocast import enable_cpu_bf16
+from awd_plugins.autocast import enable_bf16_autocast
 from awd_plugins.errors import AwdUserError
 from awd_plugins.models.remap_embeddings import remap_for_finetuning
 from awd_plugins.optim import nt_asgd
@@ -134,8 +134,17 @@ class AwdLanguageModelingConfig(FairseqDataclass):
             "losses and the pointer in fp32 (fairseq's --bf16 means TPU on a CPU, --amp is CUDA-only)"
         },
     )
+    gpu_bf16: bool = field(
+        default=False,
+        metadata={
+            "help": "bf16 mixed precision on a CUDA GPU with native bf16 (Ampere or newer) by autocast: matmuls and "
+            "attention in bf16; weights, optimizer, softmax, losses, AR/TAR, the pointer and cuDNN RNNs in fp32; "
+            "no loss scaling needed (replaces --amp, whose fp16 autocast needs a scaler)"
+        },
+    )
     fp16: bool = II("common.fp16")
     bf16: bool = II("common.bf16")
+    amp: bool = II("common.amp")
     cpu: bool = II("common.cpu")
     seed: int = II("common.seed")
     train_subset: str = II("dataset.train_subset")
@@ -301,9 +310,16 @@ class AwdLanguageModelingTask(FairseqTask):
         self._model = model if self._model is None else False
         if getattr(self.cfg, "remap_embeddings", None) and not from_checkpoint:  # training only, not a reload of the finetuned model
             model.remap_embeddings = remap_for_finetuning(self.cfg, self.dictionary)
-        if getattr(self.cfg, "cpu_bf16", False):  # absent from older checkpoints' task configs
-            enable_cpu_bf16(model, self.cfg.fp16, self.cfg.bf16, on_gpu=torch.cuda.is_available() and not self.cfg.cpu)
-            logger.info("--cpu-bf16: bf16 autocast on the CPU (fp32 weights, optimizer, softmax, losses)")
+        # getattr: both options are absent from older checkpoints' task configs
+        cpu_bf16, gpu_bf16 = getattr(self.cfg, "cpu_bf16", False), getattr(self.cfg, "gpu_bf16", False)
+        if cpu_bf16 and gpu_bf16:
+            raise AwdUserError("--cpu-bf16 and --gpu-bf16 are one option per device: give the one for this run")
+        if cpu_bf16 or gpu_bf16:
+            device = "cpu" if cpu_bf16 else "cuda"
+            enable_bf16_autocast(model, device, self.cfg.fp16, self.cfg.bf16, getattr(self.cfg, "amp", False),
+                                 on_gpu=torch.cuda.is_available() and not self.cfg.cpu)
+            logger.info(f"--{device.replace('cuda', 'gpu')}-bf16: bf16 autocast on the {device.upper()} "
+                        "(fp32 weights, optimizer, softmax, losses)")
         if self.cfg.pointer_window > 0:
             if not hasattr(model, "set_pointer"):
                 raise AwdUserError(
