@@ -194,6 +194,25 @@ def test_empty_memory_rows_get_no_attention_whatever_they_hold(arch):
         torch.testing.assert_close(step(tokens, *noisy)[0], step(tokens, *state)[0], atol=0, rtol=0)
 
 
+@pytest.mark.parametrize("arch", ["sha_rnn", "srupp"])
+def test_one_stream_restarts_alone_by_zeroing_its_state_column(arch):
+    """model.json's advice: the count is per stream, so zeroing column b restarts stream b only."""
+    step = inference.InferenceStep(build(ARCHS[arch]), 2)
+    tokens = torch.randint(4, V, (2, 4), generator=torch.Generator().manual_seed(4))
+    state = step.initial_state()
+    with torch.no_grad():
+        for _ in range(2):
+            state = list(step(tokens, *state)[1:])
+        carried = step(tokens, *state)[0]
+        for t in state:
+            t[:, 1] = 0
+        restarted = step(tokens, *state)[0]
+        fresh = step(tokens, *step.initial_state())[0]
+    torch.testing.assert_close(restarted[0], carried[0], atol=1e-6, rtol=0)
+    torch.testing.assert_close(restarted[1], fresh[1], atol=1e-6, rtol=0)
+    assert not torch.allclose(carried[1], fresh[1], atol=1e-3)
+
+
 def test_memory_len_override_matches_the_model_run_with_that_memory(tmp_path):
     """SRU++ evaluated with the previous window as its memory (--eval-memory-len 0) needs
     --memory-len; with N = the window it is exactly the PyTorch model run in windows of N."""
@@ -220,29 +239,37 @@ def test_memory_len_refusals_are_one_line(arch, memory_len):
     assert "\n" not in str(refused.value)
 
 
-def test_a_state_that_changes_shape_is_still_refused():
-    """check_fixed_state_shapes stays as a guard for decoders with a growing state."""
-    model = build(ARCHS["sha_rnn"])
-    step = inference.InferenceStep(model, 1)
-    step.decoder.fixed_memory_len = None  # as a decoder without use_fixed_memory: the growing memory
-    step.memory_len = None
-    _, step.state_names, step.structure = inference.flatten_state(model.decoder.init_state(1, model.decoder.embed_tokens.weight))
-    with pytest.raises(AwdUserError, match="not implemented: the state .* changes shape"):
+def test_a_state_that_changes_shape_is_still_refused(monkeypatch):
+    """check_fixed_state_shapes stays as a guard: a decoder with a growing memory and no
+    fixed-shape form (here SHA-RNN without its use_fixed_memory) is refused in one line."""
+    from awd_plugins.models.recurrent_lm import RecurrentDecoder
+    from awd_plugins.models.sha_rnn import ShaRnnDecoder
+
+    monkeypatch.setattr(ShaRnnDecoder, "use_fixed_memory", RecurrentDecoder.use_fixed_memory)
+    step = inference.InferenceStep(build(ARCHS["sha_rnn"]), 1)
+    assert step.memory_len is None
+    with pytest.raises(AwdUserError, match="not implemented: the state .* changes shape") as refused:
         inference.check_fixed_state_shapes(step, 4)
+    assert "\n" not in str(refused.value)
 
 
-@pytest.fixture(scope="module")
-def checkpoint(small_bin, tmp_path_factory):
+def train_tiny(small_bin, save, *model_args):
+    """A two-update fairseq-train run: a real checkpoint to export."""
     from conftest import PLUGIN, cli, run
 
-    save = tmp_path_factory.mktemp("export-ckpt")
     run(cli("fairseq-train") + [
-        small_bin, "--user-dir", PLUGIN, "--task", "awd_language_modeling", "--arch", "awd_lstm", "--emsize", "8",
-        "--nhid", "8", "--nlayers", "2", "--criterion", "split_cross_entropy", "--optimizer", "sgd", "--lr", "1",
+        small_bin, "--user-dir", PLUGIN, "--task", "awd_language_modeling", *map(str, model_args),
+        "--criterion", "split_cross_entropy", "--optimizer", "sgd", "--lr", "1",
         "--batch-size", "4", "--bptt", "10", "--max-update", "2", "--cpu", "--num-workers", "0", "--seed", "1",
         "--disable-validation", "--save-dir", str(save), "--no-epoch-checkpoints",
     ])
     return str(save / "checkpoint_last.pt")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(small_bin, tmp_path_factory):
+    return train_tiny(small_bin, tmp_path_factory.mktemp("export-ckpt"),
+                      "--arch", "awd_lstm", "--emsize", 8, "--nhid", 8, "--nlayers", 2)
 
 
 def export_cli(*args):
@@ -278,3 +305,32 @@ def test_awd_export_bad_checkpoint_is_one_error_line(small_bin, tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stdout, proc.stdout[-2000:]
     assert [line for line in proc.stdout.splitlines() if ": error: " in line][0].count("not a readable checkpoint") == 1
     assert not (tmp_path / "m.pt").exists() and not (tmp_path / "m.json").exists()
+
+
+ATTENTION_TRAIN = {
+    "sha_rnn": ["--arch", "sha_rnn", "--emsize", 8, "--nhid", 16, "--nlayers", 2, "--memory-len", 6],
+    # --eval-memory-len 0 (the default, the reference's): the memory is the previous evaluation window
+    "srupp": ["--arch", "srupp", "--n-d", 8, "--n-proj", 4, "--depth", 2, "--alpha", 0, "--beta", 0],
+}
+
+
+@pytest.mark.parametrize("arch", sorted(ATTENTION_TRAIN))
+def test_awd_export_command_with_an_attention_memory(arch, small_bin, tmp_path):
+    pytest.importorskip("onnxruntime")
+    ckpt = train_tiny(small_bin, tmp_path / "ckpt", *ATTENTION_TRAIN[arch])
+    out = tmp_path / "model.onnx"
+    common = ["--path", ckpt, "--data", small_bin, "--format", "onnx", "--out", out, "--batch-size", 2, "--window", 2]
+    if arch == "srupp":  # the previous window's length is unknown to the export: one line asking for --memory-len
+        proc = export_cli(*common)
+        assert proc.returncode == 2 and "Traceback" not in proc.stdout, proc.stdout[-2000:]
+        assert [line for line in proc.stdout.splitlines() if ": error: " in line][0].count("--memory-len N") == 1
+        assert not out.exists()
+    proc = export_cli(*common, *(["--memory-len", 6] if arch == "srupp" else []))
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    meta = json.loads((tmp_path / "model.json").read_text())
+    shapes = {i["name"]: i["shape"] for i in meta["inputs"]}
+    assert meta["memory_len"] == 6 and meta["attention_memories"]
+    assert all(shapes[name] == [6, 2, 8] for name in meta["attention_memories"])
+    assert meta["inputs"][-1] == {"name": "memory_valid", "shape": [1, 2], "dtype": "int64"}
+    assert meta["outputs"][-1] == {"name": "new_memory_valid", "shape": [1, 2], "dtype": "int64"}
+    assert "memory_valid 0" in meta["initial_state"] and "min(memory_len, memory_valid + T)" in meta["memory_valid"]

@@ -36,7 +36,7 @@ from torch import nn
 from awd_plugins.errors import AwdUserError
 from awd_plugins.models.awd_lstm import check_dropouts, check_sizes
 from awd_plugins.models.recurrent_lm import RecurrentDecoder, RecurrentLanguageModel
-from awd_plugins.modules.fixed_memory import advance_valid, init_valid
+from awd_plugins.modules.fixed_memory import advance_valid, check_memory_len, init_valid
 from awd_plugins.modules.sha_block import ShaBlock
 from awd_plugins.modules.split_softmax import SplitSoftmax, parse_splits
 
@@ -138,9 +138,7 @@ class ShaRnnDecoder(RecurrentDecoder):
         ``memory_len`` rows when given (which then replaces the model's cap)."""
         if not self.attention_blocks:
             return super().use_fixed_memory(memory_len)
-        if memory_len is not None:
-            if memory_len < 1:
-                raise AwdUserError(f"--memory-len must be a positive integer, got {memory_len}")
+        if check_memory_len(memory_len) is not None:
             for block in self.blocks:
                 block.memory_len = memory_len
         self.fixed_memory_len = self.blocks[0].memory_len

@@ -62,7 +62,7 @@ from awd_plugins.errors import AwdUserError, check_range
 from awd_plugins.kernels import RECURRENCE_IMPL_HELP, RECURRENCE_IMPLS, check_impl
 from awd_plugins.models.recurrent_lm import RecurrentDecoder, RecurrentLanguageModel
 from awd_plugins.modules import SplitSoftmax
-from awd_plugins.modules.fixed_memory import advance_valid, init_valid, mask_empty_rows
+from awd_plugins.modules.fixed_memory import advance_valid, check_memory_len, init_valid, mask_empty_rows
 from awd_plugins.modules.sru import SRU
 from awd_plugins.modules.srupp import SRUpp, attention_mask
 
@@ -259,9 +259,7 @@ class SruDecoder(RecurrentDecoder):
         ``memory_len`` rows when given (which then replaces ``--eval-memory-len``)."""
         if not self.attention:
             return super().use_fixed_memory(memory_len)
-        if memory_len is not None:
-            if memory_len < 1:
-                raise AwdUserError(f"--memory-len must be a positive integer, got {memory_len}")
+        if check_memory_len(memory_len) is not None:
             self.eval_memory_len = memory_len
         if self.eval_memory_len < 1:
             raise AwdUserError(

@@ -23,8 +23,19 @@ helpers; :mod:`awd_plugins.inference` only switches the form on
 (:meth:`~awd_plugins.models.recurrent_lm.RecurrentDecoder.use_fixed_memory`).
 """
 
+from typing import Optional
+
 import torch
 from torch import Tensor
+
+from awd_plugins.errors import AwdUserError
+
+
+def check_memory_len(memory_len: Optional[int]) -> Optional[int]:
+    """``awd-export --memory-len``: None (the model's own cap) or a positive number of rows."""
+    if memory_len is not None and memory_len < 1:
+        raise AwdUserError(f"--memory-len must be a positive integer, got {memory_len}")
+    return memory_len
 
 
 def init_valid(bsz: int, like: Tensor) -> Tensor:
