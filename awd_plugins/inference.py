@@ -18,16 +18,28 @@ architecture exports the same way (issue #16):
 
 Shapes are fixed at export time (batch B and window T, ``--batch-size``/``--window``),
 because recurrences written as Python loops over time (QRNN, SRU) are unrolled by
-tracing. Architectures whose state changes shape from call to call (an attention
-memory that grows towards its cap: SHA-RNN blocks with attention, SRU++) are refused
-with a clear error for now.
+tracing.
+
+Attention memories (SHA-RNN blocks with attention, SRU++) grow from call to call up to
+their cap in PyTorch; the export uses the decoders' fixed-shape form instead
+(:meth:`~awd_plugins.models.recurrent_lm.RecurrentDecoder.use_fixed_memory`,
+:mod:`awd_plugins.modules.fixed_memory`), still through ``init_state``/``run``:
+
+* every attention memory is a state tensor of exactly ``memory_len × B × d``
+  (``memory_len`` = the cap the model uses in evaluation: SHA-RNN ``--memory-len``,
+  SRU++ ``--eval-memory-len``; ``awd-export --memory-len`` overrides it, and SRU++ with
+  0, i.e. "the previous evaluation window", needs it);
+* one more state tensor, ``memory_valid`` (int64, ``1 × B``, last in the inputs and
+  outputs), counts the real trailing rows of the memories, per stream: 0 initially,
+  ``min(memory_len, memory_valid + T)`` after each call; the other rows get exactly zero
+  attention weight, so the outputs equal the growing memory's.
 """
 
 import copy
 import json
 import os
 import warnings
-from typing import Any, List, Tuple
+from typing import Any, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -75,15 +87,29 @@ def resolve_weight_drop(module: nn.Module) -> nn.Module:
 class InferenceStep(nn.Module):
     """``(tokens B×T, *state) → (log_probs B×T×V, *new_state)`` for a :class:`RecurrentLanguageModel`."""
 
-    def __init__(self, model: nn.Module, batch_size: int = 1):
+    def __init__(self, model: nn.Module, batch_size: int = 1, memory_len: Optional[int] = None):
         super().__init__()
         decoder = resolve_weight_drop(copy.deepcopy(model.decoder)).eval()
+        # the fixed-shape attention memory (None: no attention memory, the state keeps its shape anyway)
+        self.memory_len = decoder.use_fixed_memory(memory_len)
         self.decoder = decoder
         self.batch_size = batch_size
         like = next(decoder.parameters())
-        _, self.state_names, self.structure = flatten_state(decoder.init_state(batch_size, like))
+        flat, self.state_names, self.structure = self._flatten(decoder.init_state(batch_size, like))
         self.output_state_names = ["new_" + n for n in self.state_names]
+        # the attention memories: padded here, empty (0 rows) in the model's own initial state
+        ordinary = flatten_state(model.decoder.init_state(batch_size, like))[0]
+        self.memory_names = [n for n, t, o in zip(self.state_names, flat, ordinary) if t.shape != o.shape]
         self.eval()
+
+    def _flatten(self, state):
+        """Flat tensors, names, structure; the fixed form ``(state, valid)`` flattens to the
+        ordinary state's names and ``memory_valid`` last."""
+        if self.memory_len is None:
+            return flatten_state(state)
+        inner, valid = state
+        flat, names, structure = flatten_state(inner)
+        return flat + [valid], names + ["memory_valid"], structure
 
     def train(self, mode: bool = True):
         # always the inference step: exporters that restore the caller's mode must not turn dropout on
@@ -91,22 +117,26 @@ class InferenceStep(nn.Module):
 
     def initial_state(self) -> List[torch.Tensor]:
         like = next(self.decoder.parameters())
-        return flatten_state(self.decoder.init_state(self.batch_size, like))[0]
+        return self._flatten(self.decoder.init_state(self.batch_size, like))[0]
 
     def forward(self, tokens: torch.Tensor, *state: torch.Tensor):
-        nested = unflatten_state(list(state), self.structure)
+        if self.memory_len is None:
+            nested = unflatten_state(list(state), self.structure)
+        else:
+            nested = (unflatten_state(list(state[:-1]), self.structure), state[-1])
         _, dropped, new_state = self.decoder.run(tokens.t(), nested)  # T×B×H
         features = dropped.transpose(0, 1)  # B×T×H
         logits = self.decoder.output_layer(features)
         log_probs = self.decoder.get_normalized_probs((logits, {"attn": None}), log_probs=True, sample=None)
-        new_flat, _, structure = flatten_state(new_state)
+        new_flat, _, structure = self._flatten(new_state)
         if structure != self.structure:
             raise AwdUserError("the decoder's new state is not laid out as its initial state; cannot export it")
         return (log_probs.float(), *new_flat)
 
 
 def check_fixed_state_shapes(step: InferenceStep, window: int):
-    """Refuse models whose state changes shape between calls (a growing attention memory)."""
+    """Refuse models whose state changes shape between calls: a guard, since attention memories
+    take a fixed shape in :class:`InferenceStep`; a new decoder with a growing state would fail here."""
     state = step.initial_state()
     tokens = torch.zeros(step.batch_size, window, dtype=torch.long)
     with torch.no_grad():
@@ -116,8 +146,8 @@ def check_fixed_state_shapes(step: InferenceStep, window: int):
                 if old.shape != nxt.shape:
                     raise AwdUserError(
                         f"not implemented: the state {name} changes shape from {list(old.shape)} to {list(nxt.shape)} "
-                        f"between calls (an attention memory growing towards its cap, as in SHA-RNN with attention "
-                        f"and SRU++); export supports models whose state keeps its shape"
+                        f"between calls; export needs a state that keeps its shape (a decoder with a growing "
+                        f"attention memory must implement use_fixed_memory)"
                     )
             state = list(new)
 
@@ -130,7 +160,7 @@ def describe(step: InferenceStep, window: int, vocab: int, fmt: str, arch: str, 
     inputs += [entry(n, t) for n, t in zip(step.state_names, state)]
     outputs = [{"name": "log_probs", "shape": [step.batch_size, window, vocab], "dtype": "float32"}]
     outputs += [entry(n, t) for n, t in zip(step.output_state_names, state)]
-    return {
+    description = {
         "format": fmt,
         "architecture": arch,
         "batch_size": step.batch_size,
@@ -140,8 +170,19 @@ def describe(step: InferenceStep, window: int, vocab: int, fmt: str, arch: str, 
         "initial_state": "zeros of every state input's shape",
         "inputs": inputs,
         "outputs": outputs,
-        "symbols": symbols,
     }
+    if step.memory_len is not None:
+        description["initial_state"] += " (memory_valid 0: the attention memories start empty)"
+        description["memory_len"] = step.memory_len
+        description["attention_memories"] = step.memory_names
+        description["memory_valid"] = (
+            f"int64 [1, {step.batch_size}], the last state input: per stream, how many of the last rows of every "
+            f"attention memory ({', '.join(step.memory_names)}: [memory_len, B, d]) are real; the rows before them "
+            f"get zero attention weight. Starts at 0; each call returns min(memory_len, memory_valid + T) "
+            f"(T = window). To restart stream b alone, zero index b of dim 1 of every state input."
+        )
+    description["symbols"] = symbols
+    return description
 
 
 def _atomic(path: str, write):

@@ -1,7 +1,7 @@
 """Export a trained model's inference step to TorchScript or ONNX, to serve it without fairseq.
 
     awd-export --path checkpoint_best.pt --data data-bin/ptb --format {torchscript,onnx} \\
-        --out model.{pt,onnx} [--batch-size 1] [--window 1]
+        --out model.{pt,onnx} [--batch-size 1] [--window 1] [--memory-len N]
 
 The exported model takes ``tokens`` (int64, B×T) followed by the state tensors and
 returns ``log_probs`` (B×T×V) followed by the new state, in the same order; start
@@ -10,6 +10,13 @@ from zeros of every state input's shape and feed each call's new state to the ne
 and output with its name, shape and dtype, the dictionary's symbols and ``eos``.
 The export is checked against the PyTorch model (two carried windows, to 1e-4;
 for ONNX through onnxruntime) before anything is written.
+
+Attention memories (SHA-RNN with attention, SRU++) are state inputs of a fixed
+``memory_len`` rows plus one ``memory_valid`` count (int64, 1×B) of their real rows,
+zero at the start (see :mod:`awd_plugins.inference`). ``memory_len`` is the model's
+evaluation cap (SHA-RNN ``--memory-len``, SRU++ ``--eval-memory-len``); ``--memory-len N``
+here replaces it, and is required for an SRU++ model evaluated with the previous window
+as its memory (``--eval-memory-len 0``): N = its evaluation window (``--bptt``).
 """
 
 import argparse
@@ -30,6 +37,8 @@ def build_parser():
     p.add_argument("--out", required=True, help="output file (model.pt or model.onnx); model.json goes beside it")
     p.add_argument("--batch-size", type=int, default=1, help="number of streams B of every call (fixed at export)")
     p.add_argument("--window", type=int, default=1, help="tokens T per call (fixed at export; 1 = token by token)")
+    p.add_argument("--memory-len", type=int, default=None,
+                   help="rows of every attention memory (SHA-RNN, SRU++); default the model's evaluation cap")
     p.add_argument("--force", action="store_true", help="replace existing output files")
     return p
 
@@ -44,6 +53,8 @@ def main(argv=None):
 
     if args.batch_size < 1 or args.window < 1:
         raise AwdUserError("--batch-size and --window must be positive")
+    if args.memory_len is not None and args.memory_len < 1:
+        raise AwdUserError(f"--memory-len must be a positive integer, got {args.memory_len}")
     if not os.path.isfile(args.path):
         raise AwdUserError(f"checkpoint not found: {args.path}")
     out_dir = os.path.dirname(os.path.abspath(args.out))
@@ -72,9 +83,11 @@ def main(argv=None):
     vocab = len(task.target_dictionary)
     arch = getattr(getattr(model_args, "model", None), "_name", None) or type(model).__name__
 
-    step = inference.InferenceStep(model, args.batch_size)
+    step = inference.InferenceStep(model, args.batch_size, args.memory_len)
     inference.check_fixed_state_shapes(step, args.window)
-    logger.info(f"{arch}: {len(step.state_names)} state tensors, vocabulary {vocab}, B={args.batch_size}, T={args.window}")
+    memory = "" if step.memory_len is None else f", attention memories of {step.memory_len} rows"
+    logger.info(f"{arch}: {len(step.state_names)} state tensors{memory}, vocabulary {vocab}, "
+                f"B={args.batch_size}, T={args.window}")
     if args.format == "torchscript":
         exported = inference.export_torchscript(step, args.window, vocab, args.out)
     else:

@@ -75,6 +75,24 @@ class RecurrentDecoder(FairseqIncrementalDecoder):
     def run(self, tokens: torch.Tensor, state: Any):
         raise NotImplementedError
 
+    # -- fixed-shape state (export) -----------------------------------------------------
+    #: the memory cap once :meth:`use_fixed_memory` switched the state to its fixed-shape form
+    fixed_memory_len: Optional[int] = None
+
+    def use_fixed_memory(self, memory_len: Optional[int] = None) -> Optional[int]:
+        """Switch ``init_state``/``run`` to a state whose shapes never change (issue #16,
+        :mod:`awd_plugins.modules.fixed_memory`): ``(state, valid)`` with every attention memory
+        padded to its evaluation cap and ``valid`` (int64, 1×B) the count of real rows.
+        Returns the cap, or None for decoders without an attention memory, whose state keeps
+        its shape anyway (they override nothing). ``memory_len`` overrides the cap; called on
+        export's copy of the decoder only (training and evaluation never switch)."""
+        if memory_len is not None:
+            raise AwdUserError(
+                f"--memory-len applies to models with an attention memory (SHA-RNN with attention, SRU++); "
+                f"this {type(self).__name__} has none"
+            )
+        return None
+
     # -- carried state --------------------------------------------------------------
     def reset_carried_state(self, key: Optional[str] = None, keep: Optional[str] = None):
         """Forget the carried state of ``key``, or of every stream set but ``keep``."""

@@ -12,7 +12,10 @@ used inside the blocks. The published model has attention only in block L−2
 
 State carried between windows, per block: the LSTM ``(h, c)`` (1×B×d each) and the
 attention memory (M×B×d, the last ≤ ``--memory-len`` LN_mem-normalised states);
-blocks without attention carry an empty (0×B×d) memory. The task's carried-state
+blocks without attention carry an empty (0×B×d) memory. For export
+(:meth:`ShaRnnDecoder.use_fixed_memory`, :mod:`awd_plugins.modules.fixed_memory`) the
+state is ``(blocks' state, valid)`` with each attention memory padded to
+``--memory-len`` rows and ``valid`` the count of real (trailing) rows. The task's carried-state
 machinery detaches it between windows and starts it empty at every epoch and
 evaluation (REFERENCE §7.2).
 
@@ -33,6 +36,7 @@ from torch import nn
 from awd_plugins.errors import AwdUserError
 from awd_plugins.models.awd_lstm import check_dropouts, check_sizes
 from awd_plugins.models.recurrent_lm import RecurrentDecoder, RecurrentLanguageModel
+from awd_plugins.modules.fixed_memory import advance_valid, check_memory_len, init_valid
 from awd_plugins.modules.sha_block import ShaBlock
 from awd_plugins.modules.split_softmax import SplitSoftmax, parse_splits
 
@@ -128,16 +132,37 @@ class ShaRnnDecoder(RecurrentDecoder):
             if block.attn is not None:
                 block.attn.reset_gates()
 
+    def use_fixed_memory(self, memory_len=None):
+        """Export's fixed-shape form (issue #16): each attention memory becomes a buffer of
+        ``--memory-len`` rows (the cap used in training and evaluation alike), or of
+        ``memory_len`` rows when given (which then replaces the model's cap)."""
+        if not self.attention_blocks:
+            return super().use_fixed_memory(memory_len)
+        if check_memory_len(memory_len) is not None:
+            for block in self.blocks:
+                block.memory_len = memory_len
+        self.fixed_memory_len = self.blocks[0].memory_len
+        return self.fixed_memory_len
+
     def init_state(self, bsz, like):
         zeros = lambda n: like.new_zeros(n, bsz, self.dim)  # noqa: E731
-        return [(zeros(1), zeros(1), zeros(0)) for _ in self.blocks]
+        cap = self.fixed_memory_len
+        if cap is None:
+            return [(zeros(1), zeros(1), zeros(0)) for _ in self.blocks]
+        blocks = [(zeros(1), zeros(1), zeros(cap if block.has_attention else 0)) for block in self.blocks]
+        return blocks, init_valid(bsz, like)
 
     def run(self, tokens, state):
+        valid = None
+        if self.fixed_memory_len is not None:  # export: (blocks' state with padded memories, count of real rows)
+            state, valid = state
         x = self.input_dropout(self.embed_tokens(tokens))
         new_state = []
         for block, (h, c, memory) in zip(self.blocks, state):
-            x, (h, c), memory = block(x, (h, c), memory)
+            x, (h, c), memory = block(x, (h, c), memory, valid)
             new_state.append((h, c, memory))
+        if valid is not None:
+            new_state = (new_state, advance_valid(valid, tokens.size(0), self.fixed_memory_len))
         return x, self.output_dropout(x), new_state
 
 

@@ -40,6 +40,11 @@ validation, ``fairseq-eval-lm``) uses the reference's same-length mask, each
 query seeing its W previous positions and itself, with W =
 ``--eval-memory-len`` (or ``--memory-len``) when set, else the evaluation window
 (``--bptt``), as the reference's ``--eval_unroll_size``.
+
+For export (``awd-export``, :mod:`awd_plugins.modules.fixed_memory`) the memories take
+a fixed shape: ``((c, memories), valid)`` with every attending layer's memory padded to
+``--eval-memory-len`` rows and ``valid`` the count of real (trailing) rows; see
+:meth:`SruDecoder.use_fixed_memory`.
 """
 
 from dataclasses import dataclass, field
@@ -57,6 +62,7 @@ from awd_plugins.errors import AwdUserError, check_range
 from awd_plugins.kernels import RECURRENCE_IMPL_HELP, RECURRENCE_IMPLS, check_impl
 from awd_plugins.models.recurrent_lm import RecurrentDecoder, RecurrentLanguageModel
 from awd_plugins.modules import SplitSoftmax
+from awd_plugins.modules.fixed_memory import advance_valid, check_memory_len, init_valid, mask_empty_rows
 from awd_plugins.modules.sru import SRU
 from awd_plugins.modules.srupp import SRUpp, attention_mask
 
@@ -145,12 +151,27 @@ class SruAdaptiveInput(AdaptiveInput):
         return self.embeddings[0][0].weight
 
     def forward(self, tokens):
+        if torch.jit.is_tracing():
+            return self._forward_dense(tokens)
         out = self.weight.new_empty(tokens.shape + (self.embedding_dim,))
         lower = 0
         for band, upper in zip(self.embeddings, self.cutoff):
             mask = (tokens >= lower) & (tokens < upper)
             if mask.any():
                 out[mask] = band[1](self.dropout_module(band[0](tokens[mask] - lower)))
+            lower = upper
+        return out
+
+    def _forward_dense(self, tokens):
+        """The export form (awd_plugins.inference traces it): every band embeds every token and
+        ``where`` keeps the right one. The gather above has data-dependent shapes and skips empty
+        bands, which tracing would bake into the graph from the example input."""
+        out = self.weight.new_zeros(tokens.shape + (self.embedding_dim,))
+        lower = 0
+        for band, upper in zip(self.embeddings, self.cutoff):
+            inside = ((tokens >= lower) & (tokens < upper)).unsqueeze(-1)
+            local = (tokens - lower).clamp(0, upper - lower - 1)  # any row for tokens of other bands
+            out = torch.where(inside, band[1](self.dropout_module(band[0](local))), out)
             lower = upper
         return out
 
@@ -232,9 +253,30 @@ class SruDecoder(RecurrentDecoder):
         self.split_softmax = SplitSoftmax(d, [])
 
     # -- state and recurrence -----------------------------------------------------------
+    def use_fixed_memory(self, memory_len=None):
+        """Export's fixed-shape form (issue #16): each attending layer's memory becomes a buffer
+        of ``--eval-memory-len`` rows (the evaluation memory and attention window), or of
+        ``memory_len`` rows when given (which then replaces ``--eval-memory-len``)."""
+        if not self.attention:
+            return super().use_fixed_memory(memory_len)
+        if check_memory_len(memory_len) is not None:
+            self.eval_memory_len = memory_len
+        if self.eval_memory_len < 1:
+            raise AwdUserError(
+                "this SRU++ model attends to the previous evaluation window (--eval-memory-len and --memory-len 0), "
+                "whose length the export cannot know: pass awd-export --memory-len N, N = the window it is "
+                "evaluated with (fairseq-eval-lm --bptt, e.g. 3072 for enwik8)"
+            )
+        self.fixed_memory_len = self.eval_memory_len
+        return self.fixed_memory_len
+
     def init_state(self, bsz, like):
         d = self.rnn.hidden_size
-        return (like.new_zeros(len(self.attends), bsz, d), [like.new_zeros(0, bsz, d) for _ in self.attends])
+        cap = self.fixed_memory_len
+        if cap is None:
+            return (like.new_zeros(len(self.attends), bsz, d), [like.new_zeros(0, bsz, d) for _ in self.attends])
+        memories = [like.new_zeros(cap if attends else 0, bsz, d) for attends in self.attends]
+        return (like.new_zeros(len(self.attends), bsz, d), memories), init_valid(bsz, like)
 
     def _next_memory(self, old, new, cap):
         if cap <= 0:
@@ -243,6 +285,11 @@ class SruDecoder(RecurrentDecoder):
         return both[-cap:]
 
     def run(self, tokens, state):
+        valid = None
+        if self.fixed_memory_len is not None:  # export: ((c, padded memories), count of real rows)
+            if self.training:
+                raise AwdUserError("the fixed-shape attention memory is an evaluation form (export): call eval()")
+            state, valid = state
         c0, memories = state
         x = self.drop(self.embed_tokens(tokens))
         if not self.attention:
@@ -254,10 +301,14 @@ class SruDecoder(RecurrentDecoder):
         if not self.training:
             window = self.eval_memory_len if self.eval_memory_len > 0 else max(mem_len, length)
         mask = attention_mask(mem_len, length, window, like=x)
+        if valid is not None:  # one mask per stream: B × 1 (heads) × T × S
+            mask = mask_empty_rows(mask, valid, mem_len).unsqueeze(1)
         h, c, inputs = self.rnn(x, c0, memory=list(memories), attn_mask=mask)
         cap = self.memory_len if self.training else self.eval_memory_len
         new_memories = [self._next_memory(old, new, cap) if attends else old
                         for old, new, attends in zip(memories, inputs, self.attends)]
+        if valid is not None:
+            return h, self.drop(h), ((c, new_memories), advance_valid(valid, length, cap))
         return h, self.drop(h), (c, new_memories)
 
     # -- output -------------------------------------------------------------------------

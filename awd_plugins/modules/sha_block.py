@@ -16,14 +16,20 @@ Exact order of the reference (all LayerNorms eps 1e-12, initialised 1/0):
 ``lnout`` exists in the reference but is never used; it is kept so parameter
 counts and state dicts match. Blocks without attention pass their (empty)
 memory through unchanged.
+
+For export (:mod:`awd_plugins.modules.fixed_memory`) the memory may come as a buffer
+of exactly ``cap`` rows with a validity count ``valid``: the same code then keeps the
+buffer at ``cap`` rows (the trim and the ``[-cap:]`` slice are static) and only masks
+the rows that are not real yet.
 """
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import nn
 
 from awd_plugins.modules.boom import Boom
+from awd_plugins.modules.fixed_memory import mask_empty_rows
 from awd_plugins.modules.lstm import AutocastLSTM
 from awd_plugins.modules.single_head_attention import SingleHeadAttention, causal_memory_mask
 from awd_plugins.modules.weight_drop import WeightDrop
@@ -56,10 +62,13 @@ class ShaBlock(nn.Module):
         keep = max(self.memory_len - length, 0)
         return memory[max(memory.size(0) - keep, 0):]
 
-    def forward(self, h: torch.Tensor, hidden: Tuple[torch.Tensor, torch.Tensor], memory: torch.Tensor):
+    def forward(self, h: torch.Tensor, hidden: Tuple[torch.Tensor, torch.Tensor], memory: torch.Tensor,
+                valid: Optional[torch.Tensor] = None):
         """``h`` T×B×d, ``hidden`` = (h, c) each 1×B×d, ``memory`` M×B×d (M may be 0).
 
-        Returns the block output T×B×d, the new (h, c) and the new memory.
+        ``valid`` (1×B, export's fixed-shape form): only the last ``valid`` rows of
+        ``memory`` (then ``cap`` rows) are real. Returns the block output T×B×d, the new
+        (h, c) and the new memory.
         """
         r, new_hidden = self.rnn(self.lnstart(h), tuple(hidden))
         h = self.drop(r)
@@ -67,9 +76,11 @@ class ShaBlock(nn.Module):
             memory = self.trim_memory(memory, h.size(0))
             keys = self.lnmem(h)
             h = self.lnmid(h)
+            mask = causal_memory_mask(h.size(0), memory.size(0), h)
+            if valid is not None:
+                mask = mask_empty_rows(mask, valid, memory.size(0))
             big = torch.cat([memory.to(keys.dtype), keys], dim=0)
             memory = big[-self.memory_len:]
-            mask = causal_memory_mask(h.size(0), big.size(0) - h.size(0), h)
             h = h + self.drop(self.attn(h, big, mask))
         h = self.lnff(h) + self.drop(self.ff(self.lnxff(h)))
         return h, new_hidden, memory
