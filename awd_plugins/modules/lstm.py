@@ -26,6 +26,9 @@ checkpoints work unchanged, and fp32 runs are bit-identical to ``nn.LSTM``. On C
 ``nn.LSTM`` (cuDNN), run in fp32 under ``--gpu-bf16`` (:func:`~awd_plugins.autocast.fused_rnn_outside_bf16`).
 """
 
+import time
+from typing import Dict, Tuple
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -101,12 +104,7 @@ class AutocastLSTM(nn.LSTM):
             return fused_rnn_outside_bf16(super().forward, x, hx)
         if not (cpu_bf16_autocast_active(x) and x.dim() == 3):
             if x.device.type == "cpu" and not torch.is_grad_enabled() and not torch.is_inference_mode_enabled():
-                # Evaluation: oneDNN's inference LSTM kernel measured ~1.6x slower than its training
-                # kernel here (T=70, B=10, H=1150, 1 thread: 195 vs 126 ms), so run the training kernel
-                # and drop the graph at once.
-                with torch.enable_grad():
-                    out, (h, c) = super().forward(x, hx)
-                return out.detach(), (h.detach(), c.detach())
+                return self._evaluate(x, hx)
             return super().forward(x, hx)
         T, B, _ = x.shape
         if hx is None:
@@ -118,3 +116,41 @@ class AutocastLSTM(nn.LSTM):
         with torch.autocast("cpu", enabled=False):
             hs, c_last = _LstmRecurrence.apply(xg.contiguous(), self.weight_hh_l0, h0, c0)
         return hs, (hs[-1:], c_last.unsqueeze(0))
+
+    # -- evaluation on the CPU: the faster of oneDNN's two fp32 kernels ------------------------
+    def _evaluate(self, x, hx):
+        """fp32 evaluation (no autograd) on the CPU, through whichever of oneDNN's two LSTM
+        kernels is faster on this CPU for this layer and batch size (same numbers to ~1e-6).
+
+        Under ``no_grad`` ``nn.LSTM`` runs oneDNN's inference kernel; with autograd on, its
+        training kernel. Which is faster depends on the CPU: the inference kernel measured
+        1.6× *slower* on an AMD Zen 4 (T=70, B=10, H=1150, 1 thread: 195 vs 126 ms) and
+        1.4× *faster* on a Zen 3 (285 vs 417 ms). So the first evaluation call of each
+        shape times both once and the choice is kept for the process (:data:`EVAL_KERNELS`).
+        """
+        key = (x.size(1) if x.dim() == 3 else 1, self.input_size, self.hidden_size, torch.get_num_threads())
+        kernel = EVAL_KERNELS.get(key)
+        if kernel is None:
+            kernel = EVAL_KERNELS[key] = self._fastest_eval_kernel(x, hx)
+        return self._run_eval_kernel(kernel, x, hx)
+
+    def _run_eval_kernel(self, kernel, x, hx):
+        if kernel == "inference":
+            return super().forward(x, hx)
+        with torch.enable_grad():  # the training kernel; the graph is dropped at once
+            out, (h, c) = super().forward(x, hx)
+        return out.detach(), (h.detach(), c.detach())
+
+    def _fastest_eval_kernel(self, x, hx) -> str:
+        seconds = {}
+        for kernel in ("training", "inference"):
+            self._run_eval_kernel(kernel, x, hx)  # the first call creates oneDNN's primitive
+            start = time.perf_counter()
+            self._run_eval_kernel(kernel, x, hx)
+            seconds[kernel] = time.perf_counter() - start
+        return min(seconds, key=seconds.get)
+
+
+#: (batch size, input size, hidden size, threads) → "training" / "inference": the oneDNN
+#: kernel :meth:`AutocastLSTM._evaluate` found faster in this process
+EVAL_KERNELS: Dict[Tuple[int, int, int, int], str] = {}
