@@ -50,11 +50,11 @@ def json_path(out: str) -> str:
 def main(argv=None):
     args = build_parser().parse_args(argv)
     from awd_plugins.errors import AwdUserError
+    from awd_plugins.modules.fixed_memory import check_memory_len
 
     if args.batch_size < 1 or args.window < 1:
         raise AwdUserError("--batch-size and --window must be positive")
-    if args.memory_len is not None and args.memory_len < 1:
-        raise AwdUserError(f"--memory-len must be a positive integer, got {args.memory_len}")
+    check_memory_len(args.memory_len)  # before the checkpoint is loaded
     if not os.path.isfile(args.path):
         raise AwdUserError(f"checkpoint not found: {args.path}")
     out_dir = os.path.dirname(os.path.abspath(args.out))
